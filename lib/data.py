@@ -1,0 +1,134 @@
+"""Calibration windows (C4, WikiText-2) and the WikiText-2 evaluation stream, local files first, then the hub.
+
+Local layout (``--data_dir`` or ``$WANDA_DATA_DIR``, e.g. ../shared/data):
+    wikitext-2-raw/wiki.{train,valid,test}.raw
+    c4/c4-en-train.00000-of-01024.first1000.jsonl.gz   (preferred; else the first c4/*.jsonl.gz by name)
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from lib.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+WIKITEXT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
+C4_PREFERRED = "c4-en-train.00000-of-01024.first1000.jsonl.gz"
+CALIB_DATASETS = ("c4", "wikitext2")
+
+
+class DataError(ConfigError):
+    """Data could be found nowhere; the message names every place that was tried."""
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    """The local data folder: the flag, else $WANDA_DATA_DIR, else None (hub only)."""
+    chosen = data_dir or os.environ.get("WANDA_DATA_DIR")
+    if not chosen:
+        return None
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data_dir '{chosen}' is not a folder")
+    return path
+
+
+def _hub_error(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def load_wikitext2_rows(split: str, data_dir: Path | None) -> list[str]:
+    """WikiText-2 raw rows as Hugging Face `datasets` gives them: lines with '\\n', blank lines as ''."""
+    if split not in WIKITEXT_FILES:
+        raise DataError(f"wikitext2 split '{split}' is not one of {sorted(WIKITEXT_FILES)}")
+    tried = []
+    if data_dir is not None:
+        path = data_dir / "wikitext-2-raw" / WIKITEXT_FILES[split]
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            return ["" if not line.strip() else line for line in lines]
+        tried.append(str(path))
+    try:
+        from datasets import load_dataset
+
+        return list(load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"])
+    except Exception as err:  # the hub raises many types when offline
+        tried.append(f"hub wikitext/wikitext-2-raw-v1 ({_hub_error(err)})")
+    raise DataError(f"WikiText-2 {split} split not found; looked in: {'; '.join(tried)}. "
+                    "Set --data_dir or WANDA_DATA_DIR to a folder like ../shared/data")
+
+
+def load_c4_texts(data_dir: Path | None) -> list[str]:
+    """C4 'en' documents (text only): the local sample if present, else Wanda's hub shard."""
+    tried = []
+    if data_dir is not None:
+        folder = data_dir / "c4"
+        files = [folder / C4_PREFERRED] if (folder / C4_PREFERRED).is_file() else sorted(folder.glob("*.jsonl.gz"))
+        if files:
+            with gzip.open(files[0], "rt", encoding="utf-8") as handle:
+                return [json.loads(line)["text"] for line in handle if line.strip()]
+        tried.append(f"{folder}/*.jsonl.gz")
+    try:
+        from datasets import load_dataset
+
+        data = load_dataset("allenai/c4", data_files={"train": "en/c4-train.00000-of-01024.json.gz"}, split="train")
+        return list(data["text"])
+    except Exception as err:
+        tried.append(f"hub allenai/c4 en/c4-train.00000-of-01024 ({_hub_error(err)})")
+    raise DataError(f"C4 calibration data not found; looked in: {'; '.join(tried)}. "
+                    "Set --data_dir or WANDA_DATA_DIR to a folder like ../shared/data")
+
+
+def _windows_from_stream(ids: torch.Tensor, nsamples: int, seqlen: int, rng: random.Random) -> torch.Tensor:
+    """nsamples random windows [nsamples, seqlen] from one token stream ids [N] (Wanda's wikitext2 draw)."""
+    if ids.numel() <= seqlen:
+        raise DataError(f"calibration text has {ids.numel()} tokens, fewer than seqlen+1 = {seqlen + 1}")
+    starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(nsamples)]
+    return torch.stack([ids[s:s + seqlen] for s in starts])
+
+
+def c4_windows(texts: list[str], tokenizer, nsamples: int, seed: int, seqlen: int) -> torch.Tensor:
+    """Wanda's get_c4 draw: a random document longer than seqlen (with replacement), then a random window.
+
+    The random calls are Wanda's, so the hub shard gives Wanda's exact calibration set. Documents no longer
+    than seqlen are re-drawn; if none is long enough (a small local sample at a long seqlen), the documents
+    are joined in file order with '\\n\\n' into one stream and windows are drawn from it, with the same seed.
+    """
+    rng = random.Random(seed)
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    if not any(n > seqlen for n in lengths):
+        logger.warning("no C4 document is longer than seqlen=%d tokens; drawing windows from joined documents", seqlen)
+        joined = tokenizer("\n\n".join(texts), return_tensors="pt").input_ids[0]
+        return _windows_from_stream(joined, nsamples, seqlen, rng)
+    samples = []
+    for _ in range(nsamples):
+        while True:
+            i = rng.randint(0, len(texts) - 1)
+            if lengths[i] > seqlen:
+                break
+        ids = tokenizer(texts[i], return_tensors="pt").input_ids[0]
+        start = rng.randint(0, ids.numel() - seqlen - 1)
+        samples.append(ids[start:start + seqlen])
+    return torch.stack(samples)
+
+
+def get_calibration(name: str, tokenizer, nsamples: int, seed: int, seqlen: int,
+                    data_dir: Path | None) -> torch.Tensor:
+    """Calibration token ids [nsamples, seqlen] from 'c4' (default, as Wanda) or 'wikitext2' (train split)."""
+    if name == "c4":
+        return c4_windows(load_c4_texts(data_dir), tokenizer, nsamples, seed, seqlen)
+    if name == "wikitext2":
+        ids = tokenizer(" ".join(load_wikitext2_rows("train", data_dir)), return_tensors="pt").input_ids[0]
+        return _windows_from_stream(ids, nsamples, seqlen, random.Random(seed))
+    raise DataError(f"calib_dataset '{name}' is not one of {list(CALIB_DATASETS)}")
+
+
+def get_wikitext2_test_ids(tokenizer, data_dir: Path | None, split: str = "test") -> torch.Tensor:
+    """The evaluation stream [1, N]: rows joined with '\\n\\n' and tokenised once, exactly as Wanda."""
+    return tokenizer("\n\n".join(load_wikitext2_rows(split, data_dir)), return_tensors="pt").input_ids

@@ -1,0 +1,78 @@
+"""The method registry. A method is a name, the collectors it needs, and a pure function.
+
+Score methods: `score(W [out, in], stats, config) -> scores [out, in]`, low score = pruned, masked by the one
+mask function (per row, or per layer for magnitude; N:M when asked).
+Reconstruction methods (SparseGPT and the ablations): `update(W [out, in], stats, config) -> W' [out, in]`
+with the pruned weights set to zero and the rest adjusted.
+Layer methods (structured, e.g. NeuronRank neurons): `prune_layer(layer, linears, stats, config)`.
+
+Adding a method: write the function, `register(Method(...))` it in its module, import the module at the
+bottom of this file, and add an oracle test. The CLI's --prune_method choices come from METHODS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lib.config import ConfigError, PruneConfig
+from lib.layerwrapper import Collector, WrappedGPT
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registry entry; exactly one of score / update / prune_layer is set."""
+
+    name: str
+    collectors: tuple[type[Collector], ...]
+    score: Callable[[torch.Tensor, dict, PruneConfig], torch.Tensor] | None = None
+    update: Callable[[torch.Tensor, dict, PruneConfig], torch.Tensor] | None = None
+    prune_layer: Callable | None = None
+    group: str = "row"
+    supports_variant: bool = False
+    # Optional: a function(config) raising ConfigError for settings this method cannot honour.
+    check: Callable[[PruneConfig], None] | None = None
+    # Optional: a function(stats) -> small JSON-able summary, recorded per linear with --save_stats.
+    summarize: Callable[[dict], dict] | None = None
+    help: str = ""
+
+    def validate(self, config: PruneConfig) -> None:
+        """Reject settings this method cannot honour, naming the value."""
+        if config.use_variant and not self.supports_variant:
+            variant_methods = sorted(n for n, m in METHODS.items() if m.supports_variant)
+            raise ConfigError(f"--use_variant applies to Wanda-score methods {variant_methods}, "
+                              f"not '{self.name}'")
+        if self.check is not None:
+            self.check(config)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method to the registry (names are unique)."""
+    if method.name in METHODS:
+        raise ValueError(f"method '{method.name}' is registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+def magnitude_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
+    """|W_ij| [out, in]."""
+    return W.abs()
+
+
+def wanda_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
+    """Wanda: |W_ij| * ||X_j||_2 [out, in]."""
+    return W.abs() * stats["scaler_row"].to(W.device).sqrt().unsqueeze(0)
+
+
+register(Method("magnitude", (), score=magnitude_score, group="layer",
+                help="|W|, compared over the whole layer"))
+register(Method("wanda", (WrappedGPT,), score=wanda_score, supports_variant=True,
+                help="|W| * ||X||, compared per output row"))
+
+# Modules below register more methods on import.
+import lib.sparsegpt  # noqa: E402,F401
+import lib.ablate  # noqa: E402,F401

