@@ -106,7 +106,10 @@ def _materialise_local_tasks(zs_dir: Path, dest: Path) -> None:
         if not src.is_file():
             continue
         if src.suffix in {".yaml", ".yml"}:
-            (dest / src.name).write_text(src.read_text().replace(DATA_TOKEN, str(zs_dir)))
+            lines = src.read_text().splitlines(keepends=True)
+            # Comments mention the token too; only the config lines are rewritten.
+            (dest / src.name).write_text("".join(line if line.lstrip().startswith("#")
+                                                 else line.replace(DATA_TOKEN, str(zs_dir)) for line in lines))
         else:
             shutil.copyfile(src, dest / src.name)  # e.g. zeroshot_local_utils.py for !function hooks
 
