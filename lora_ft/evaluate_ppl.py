@@ -1,0 +1,128 @@
+"""WikiText-2 perplexity (lib/eval.py's) of a pruned model, then of base + LoRA adapter, optionally merged and zero-shot.
+
+    python lora_ft/evaluate_ppl.py --model out/zs_wanda/model --lora_weights out/lora_wanda \
+        --seqlen 512 --eval_limit 16 --merge_masked
+
+--merge_masked folds the adapter into the weights and re-zeros every pruned weight (sparsity kept);
+--merge folds it in plainly, which fills the pruned weights and destroys sparsity (it says so).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+# Run as a script from the repository root (python lora_ft/evaluate_ppl.py): make `lib` and `lora_ft` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from lora_ft.lora_utils import merge_lora  # noqa: E402
+
+logger = logging.getLogger("lora_ft.evaluate_ppl")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI; evaluation flags mean what they mean in main.py."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lora_weights", required=True, help="adapter folder written by lora_ft/finetune_lm.py")
+    p.add_argument("--model", default=None, help="base model (default: the one recorded in the adapter's config)")
+    p.add_argument("--data_dir", default=None, help="local data folder (default: $WANDA_DATA_DIR)")
+    p.add_argument("--cache_dir", default="llm_weights")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help="evaluation window in tokens (default: the model's max positions, as Wanda)")
+    p.add_argument("--eval_limit", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--eval_batch_size", type=int, default=1)
+    p.add_argument("--skip_base", action="store_true", help="do not evaluate the base model without the adapter")
+    merge = p.add_mutually_exclusive_group()
+    merge.add_argument("--merge_masked", action="store_true",
+                       help="merge the adapter, then re-apply the pruning mask (keeps sparsity)")
+    merge.add_argument("--merge", action="store_true",
+                       help="merge the adapter plainly (fills pruned weights: destroys sparsity)")
+    p.add_argument("--save_merged", default=None, help="save the merged model (and tokenizer) to this folder")
+    p.add_argument("--eval_zero_shot", action="store_true", help="also run lm-eval zero-shot on the final model")
+    p.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks (default: Wanda's seven)")
+    p.add_argument("--zs_limit", type=int, default=None, help="items per zero-shot task")
+    p.add_argument("--zs_batch_size", type=int, default=8)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="default float32 on CPU, float16 on CUDA (lib.models' default)")
+    p.add_argument("--output", default=None, help="results JSON (default: <lora_weights>/eval_results.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Evaluate and return (and save) {sparsity, ppl} for base, base + adapter, and the merged model."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from peft import PeftConfig, PeftModel
+
+    from lib.data import get_wikitext2_test_ids, resolve_data_dir
+    from lib.eval import eval_ppl
+    from lib.models import load_model, max_sequence_length
+    from lib.sparsity import check_sparsity
+
+    if args.save_merged and not (args.merge or args.merge_masked):
+        raise SystemExit("--save_merged needs --merge_masked (keeps sparsity) or --merge")
+    adapter = Path(args.lora_weights)
+    if not (adapter / "adapter_config.json").is_file():
+        raise SystemExit(f"lora_weights '{adapter}' has no adapter_config.json; pass the --output_dir of finetune_lm.py")
+    spec = args.model or PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
+    data_dir = resolve_data_dir(args.data_dir)
+
+    model, tokenizer = load_model(spec, cache_dir=args.cache_dir, dtype=DTYPES[args.dtype] if args.dtype else None)
+    seqlen = args.seqlen or max_sequence_length(model.config) or 2048
+    test_ids = get_wikitext2_test_ids(tokenizer, data_dir)
+    results: dict = {"model": spec, "lora_weights": str(adapter), "seqlen": seqlen, "eval_limit": args.eval_limit,
+                     "command": " ".join(["python", "lora_ft/evaluate_ppl.py",
+                                          *(argv if argv is not None else sys.argv[1:])])}
+
+    def ppl(m: torch.nn.Module) -> float:
+        return eval_ppl(m, test_ids, seqlen, limit=args.eval_limit, batch_size=args.eval_batch_size)
+
+    results["base_sparsity"] = check_sparsity(model)[0]
+    if not args.skip_base:
+        results["ppl_base"] = ppl(model)
+        print(f"base            sparsity {results['base_sparsity']:.4f}  wikitext2 ppl {results['ppl_base']:.4f}")
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    # The wrapped model itself: LoRA layers are injected in place, so it runs base + adapter.
+    final = peft_model.get_base_model()
+    results["ppl_adapter"] = ppl(final)
+    print(f"base + adapter  (adapter unmerged, dense update)  wikitext2 ppl {results['ppl_adapter']:.4f}")
+
+    if args.merge or args.merge_masked:
+        final, report = merge_lora(peft_model, masked=args.merge_masked)
+        kind = "merged_masked" if args.merge_masked else "merged"
+        results[f"{kind}_sparsity"] = check_sparsity(final)[0]
+        results[f"ppl_{kind}"] = ppl(final)
+        results["merge"] = {"masked": report.masked, "adapted_zeros_before": report.zeros_before,
+                            "adapted_zeros_after": report.zeros_after, "adapted_numel": report.numel}
+        note = ("pruning mask re-applied" if args.merge_masked
+                else "UNMASKED: the dense LoRA update fills pruned weights, this destroys sparsity")
+        print(f"{kind:<15} sparsity {results['base_sparsity']:.4f} -> {results[kind + '_sparsity']:.4f}  "
+              f"wikitext2 ppl {results['ppl_' + kind]:.4f}  ({note})")
+        if args.save_merged:
+            final.save_pretrained(args.save_merged)
+            tokenizer.save_pretrained(args.save_merged)
+            print(f"merged model saved to {args.save_merged}")
+
+    if args.eval_zero_shot:
+        from lib.zeroshot import DEFAULT_TASKS, eval_zero_shot, format_zero_shot_table
+
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(DEFAULT_TASKS)
+        results["zero_shot"] = eval_zero_shot(final, tokenizer, tasks, args.zs_limit, args.zs_batch_size, data_dir)
+        print(format_zero_shot_table(results["zero_shot"]))
+
+    output = Path(args.output) if args.output else adapter / "eval_results.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+    print(f"results written to {output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

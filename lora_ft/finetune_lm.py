@@ -1,0 +1,137 @@
+"""LoRA fine-tuning of a pruned model saved by main.py --save_model, on local C4 (or WikiText-2) text; saves the adapter.
+
+    python lora_ft/finetune_lm.py --model out/zs_wanda/model --max_train_samples 64 --block_size 256 \
+        --max_steps 40 --learning_rate 2e-4 --output_dir out/lora_wanda
+
+Wanda's settings on a GPU (7B): --max_train_samples 30000 --block_size 1024 --num_train_epochs 1 --learning_rate 1e-4.
+The adapter is dense: until it is merged with lora_ft/evaluate_ppl.py --merge_masked, base + adapter is not sparse.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+# Run as a script from the repository root (python lora_ft/finetune_lm.py): make `lib` and `lora_ft` importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from lora_ft.lora_utils import LoraSettings, TrainSettings, attach_lora, mean_loss, texts_to_blocks, train_lora  # noqa: E402
+
+logger = logging.getLogger("lora_ft.finetune_lm")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI; names follow Wanda's / HF run_clm's flags where they exist."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="folder saved by main.py --save_model (or any lib.models spec)")
+    p.add_argument("--output_dir", required=True, help="where the adapter (adapter_config.json + weights) goes")
+    p.add_argument("--dataset", choices=["c4", "wikitext2"], default="c4",
+                   help="training text: local C4 sample (default, as Wanda) or WikiText-2 train")
+    p.add_argument("--train_file", default=None, help="train on this .txt (one document per blank-line block) "
+                   "or .jsonl (a 'text' field) instead of --dataset")
+    p.add_argument("--data_dir", default=None, help="local data folder (default: $WANDA_DATA_DIR)")
+    p.add_argument("--cache_dir", default="llm_weights")
+    p.add_argument("--max_train_samples", type=int, default=30000, help="training blocks (run_clm's meaning)")
+    p.add_argument("--block_size", type=int, default=1024)
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--num_train_epochs", type=float, default=1.0)
+    p.add_argument("--max_steps", type=int, default=None, help="optimizer steps; overrides --num_train_epochs")
+    p.add_argument("--per_device_train_batch_size", type=int, default=1)
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--logging_steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lora_r", type=int, default=8)
+    p.add_argument("--lora_alpha", type=int, default=16)
+    p.add_argument("--lora_dropout", type=float, default=0.05)
+    p.add_argument("--lora_target_modules", default="q_proj,v_proj", help="comma-separated linear names")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="base weights' dtype (default float32 on CPU, bfloat16 on CUDA); the adapter trains in float32")
+    return p
+
+
+def read_train_file(path: Path) -> list[str]:
+    """Documents from a .jsonl ('text' field) or a plain-text file (blank-line separated)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"train_file '{path}' does not exist")
+    if path.suffix == ".jsonl":
+        return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [doc for doc in path.read_text(encoding="utf-8").split("\n\n") if doc.strip()]
+
+
+def load_texts(args: argparse.Namespace, data_dir: Path | None) -> list[str]:
+    """The training documents named by --train_file or --dataset."""
+    from lib.data import load_c4_texts, load_wikitext2_rows
+
+    if args.train_file:
+        return read_train_file(Path(args.train_file))
+    if args.dataset == "c4":
+        return load_c4_texts(data_dir)
+    # WikiText rows are lines; join them into one document so blocks span lines as run_clm's do.
+    return ["".join(load_wikitext2_rows("train", data_dir))]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train the adapter, save it with a train_log.json, return that log."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from lib.data import resolve_data_dir
+    from lib.models import load_model
+    from lib.sparsity import check_sparsity
+
+    lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                        target_modules=tuple(t.strip() for t in args.lora_target_modules.split(",") if t.strip()))
+    train = TrainSettings(learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
+                          max_steps=args.max_steps, batch_size=args.per_device_train_batch_size,
+                          gradient_accumulation_steps=args.gradient_accumulation_steps, seed=args.seed,
+                          logging_steps=args.logging_steps)
+    if args.max_train_samples <= 0:
+        raise SystemExit(f"max_train_samples {args.max_train_samples} must be a positive integer")
+    data_dir = resolve_data_dir(args.data_dir)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+
+    # Text first: a missing dataset should fail before the model is loaded.
+    texts = load_texts(args, data_dir)
+    model, tokenizer = load_model(args.model, cache_dir=args.cache_dir, dtype=dtype)
+    sparsity = check_sparsity(model)[0]
+    print(f"base model {args.model}: sparsity {sparsity:.4f}")
+    blocks = texts_to_blocks(texts, tokenizer, args.block_size, args.max_train_samples)
+    print(f"training blocks: {blocks.shape[0]} x {blocks.shape[1]} tokens")
+
+    peft_model = attach_lora(model, lora)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    print(f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {list(lora.target_modules)}: "
+          f"{trainable:,} trainable parameters")
+    start = time.time()
+    losses = train_lora(peft_model, blocks, train)
+    seconds = time.time() - start
+    # The loss on the first (up to) 8 training blocks, without dropout: one honest before/after pair.
+    probe = blocks[:8]
+    with peft_model.disable_adapter():
+        probe_before = mean_loss(peft_model, probe)
+    probe_after = mean_loss(peft_model, probe)
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(out)
+    log = {"model": args.model, "base_sparsity": sparsity, "lora": dataclasses.asdict(lora),
+           "train": dataclasses.asdict(train), "blocks": list(blocks.shape), "steps": len(losses), "seconds": round(seconds, 1),
+           "first_step_loss": losses[0], "last_step_loss": losses[-1],
+           "probe_loss_base": probe_before, "probe_loss_adapter": probe_after, "losses": losses,
+           "command": " ".join(["python", "lora_ft/finetune_lm.py", *(argv if argv is not None else sys.argv[1:])])}
+    (out / "train_log.json").write_text(json.dumps(log, indent=2))
+    print(f"{len(losses)} steps in {seconds:.0f}s; loss {losses[0]:.4f} (first step) -> {losses[-1]:.4f} (last); "
+          f"loss on {probe.shape[0]} training blocks {probe_before:.4f} (base) -> {probe_after:.4f} (base + adapter)")
+    print(f"adapter saved to {out} (dense: merge with lora_ft/evaluate_ppl.py --merge_masked to keep sparsity)")
+    return log
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""LoRA on a pruned model: settings, run_clm-style training blocks, a plain training loop, and a merge that keeps the mask.
+
+Used by lora_ft/finetune_lm.py and lora_ft/evaluate_ppl.py; importable on its own:
+    peft_model = attach_lora(model, LoraSettings())
+    losses = train_lora(peft_model, texts_to_blocks(texts, tokenizer, 128, 64), TrainSettings(max_steps=20))
+    merged, report = merge_lora(peft_model, masked=True)
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The adapter. Defaults are Wanda's lora_ft (r=8, alpha=16, dropout 0.05 on q_proj and v_proj)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ValueError(f"lora_r {self.r} must be a positive integer (Wanda uses 8)")
+        if self.alpha <= 0:
+            raise ValueError(f"lora_alpha {self.alpha} must be positive (Wanda uses 16)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora_dropout {self.dropout} must be in [0, 1)")
+        if not self.target_modules:
+            raise ValueError("lora_target_modules is empty; name at least one linear, e.g. q_proj,v_proj")
+
+    def to_peft(self):
+        """The equivalent peft.LoraConfig for a causal LM."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The optimisation. Defaults are Wanda's (lr 1e-4, one epoch, batch 1); max_steps > 0 overrides epochs."""
+
+    learning_rate: float = 1e-4
+    num_train_epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    seed: int = 0
+    logging_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate {self.learning_rate} must be positive")
+        if self.max_steps is None and not self.num_train_epochs > 0:
+            raise ValueError(f"num_train_epochs {self.num_train_epochs} must be positive (or set max_steps)")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"max_steps {self.max_steps} must be a positive integer, or omitted to use epochs")
+        if self.batch_size <= 0 or self.gradient_accumulation_steps <= 0:
+            raise ValueError(f"batch_size {self.batch_size} and gradient_accumulation_steps "
+                             f"{self.gradient_accumulation_steps} must be positive integers")
+
+    def total_steps(self, nblocks: int) -> int:
+        """Optimizer steps: max_steps, else ceil(epochs * blocks per epoch / (batch * accumulation))."""
+        if self.max_steps is not None:
+            return self.max_steps
+        per_epoch = math.ceil(nblocks / self.batch_size)
+        return max(1, math.ceil(self.num_train_epochs * per_epoch / self.gradient_accumulation_steps))
+
+
+@dataclass
+class MergeReport:
+    """What a merge did to the zeros of the adapted linears (the only weights a LoRA merge touches)."""
+
+    masked: bool
+    zeros_before: int
+    zeros_after: int
+    numel: int
+    per_module_filled: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def zeros_kept(self) -> bool:
+        return self.zeros_after >= self.zeros_before
+
+
+def texts_to_blocks(texts: list[str], tokenizer, block_size: int, max_blocks: int | None = None) -> torch.Tensor:
+    """Documents -> training blocks [n, block_size], as HF run_clm: tokenise each, concatenate, cut, drop the tail.
+
+    max_blocks plays run_clm's max_train_samples (it selects blocks after grouping); documents are only
+    tokenised until there are enough tokens.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size {block_size} must be at least 2 tokens")
+    needed = None if max_blocks is None else max_blocks * block_size
+    stream: list[int] = []
+    for text in texts:
+        if not text.strip():
+            continue
+        stream.extend(tokenizer(text)["input_ids"])
+        if needed is not None and len(stream) >= needed:
+            break
+    nblocks = len(stream) // block_size
+    if max_blocks is not None:
+        nblocks = min(nblocks, max_blocks)
+    if nblocks == 0:
+        raise ValueError(f"the training text has {len(stream)} tokens, fewer than one block of {block_size}")
+    return torch.tensor(stream[: nblocks * block_size], dtype=torch.long).reshape(nblocks, block_size)
+
+
+def attach_lora(model: nn.Module, settings: LoraSettings):
+    """Wrap the model's target linears with trainable LoRA adapters (base weights frozen) -> peft.PeftModel."""
+    from peft import get_peft_model
+
+    leaf_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    missing = [t for t in settings.target_modules if t not in leaf_names]
+    if missing:
+        raise ValueError(f"lora_target_modules {missing} are not linears of {type(model).__name__}; "
+                         f"choose from {sorted(leaf_names)}")
+    return get_peft_model(model, settings.to_peft())
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where token ids must go: the input embedding's device."""
+    return model.get_input_embeddings().weight.device
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> float:
+    """Mean next-token loss over blocks [n, block_size] in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, blocks.shape[0], batch_size):
+        batch = blocks[start:start + batch_size].to(input_device(model))
+        total += model(input_ids=batch, labels=batch).loss.item() * batch.shape[0]
+        count += batch.shape[0]
+    model.train(was_training)
+    return total / count
+
+
+def train_lora(peft_model: nn.Module, blocks: torch.Tensor, settings: TrainSettings) -> list[float]:
+    """AdamW on the adapter only, linear decay to 0 (HF Trainer's default schedule) -> loss per optimizer step."""
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters; attach_lora first")
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)  # LoRA dropout
+    steps = settings.total_steps(blocks.shape[0])
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / steps))
+    device = input_device(peft_model)
+
+    def batches():
+        while True:  # reshuffle every epoch, as the Trainer's sampler does
+            order = torch.randperm(blocks.shape[0], generator=generator)
+            for start in range(0, len(order), settings.batch_size):
+                yield blocks[order[start:start + settings.batch_size]]
+
+    stream = batches()
+    losses: list[float] = []
+    peft_model.train()
+    progress = tqdm(range(steps), desc=f"lora (0/{steps})")
+    for step in progress:
+        step_loss = 0.0
+        for _ in range(settings.gradient_accumulation_steps):
+            batch = next(stream).to(device)
+            loss = peft_model(input_ids=batch, labels=batch).loss / settings.gradient_accumulation_steps
+            loss.backward()
+            step_loss += loss.item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        progress.set_description(f"lora ({step + 1}/{steps}) loss {step_loss:.3f}")
+        if settings.logging_steps and (step + 1) % settings.logging_steps == 0:
+            recent = losses[-settings.logging_steps:]
+            logger.info("step %d/%d: loss %.4f (mean of last %d)", step + 1, steps, sum(recent) / len(recent),
+                        len(recent))
+    peft_model.eval()
+    return losses
+
+
+def lora_zero_masks(peft_model: nn.Module) -> dict[str, torch.Tensor]:
+    """Qualified name (in the unwrapped model) -> bool [out, in], True where the adapted base weight is zero."""
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    return {name: module.get_base_layer().weight.detach() == 0
+            for name, module in base.named_modules() if isinstance(module, LoraLayer)}
+
+
+@torch.no_grad()
+def merge_lora(peft_model: nn.Module, masked: bool) -> tuple[nn.Module, MergeReport]:
+    """Fold the adapter into the base weights -> (plain model, report). masked=True re-zeros every pruned weight.
+
+    W + B A is dense, so an unmasked merge fills the pruned positions of every adapted linear and the
+    model is no longer sparse; the masked merge is the projection back onto the pruning mask.
+    """
+    masks = lora_zero_masks(peft_model)
+    merged = peft_model.merge_and_unload()
+    modules = dict(merged.named_modules())
+    report = MergeReport(masked=masked, zeros_before=0, zeros_after=0, numel=0)
+    for name, mask in masks.items():
+        weight = modules[name].weight
+        if masked:
+            weight.masked_fill_(mask.to(weight.device), 0.0)
+        report.zeros_before += int(mask.sum())
+        report.zeros_after += int((weight == 0).sum())
+        report.numel += mask.numel()
+        report.per_module_filled[name] = int((mask.to(weight.device) & (weight != 0)).sum())
+    before, after = report.zeros_before / max(report.numel, 1), report.zeros_after / max(report.numel, 1)
+    if masked:
+        logger.info("masked merge: adapted linears keep their zeros (%.4f -> %.4f sparsity)", before, after)
+    elif report.zeros_after < report.zeros_before:
+        logger.warning("unmasked merge destroys sparsity: the dense LoRA update filled %d of %d pruned weights in "
+                       "the adapted linears (sparsity %.4f -> %.4f); use --merge_masked to keep the mask",
+                       report.zeros_before - report.zeros_after, report.zeros_before, before, after)
+    return merged, report
