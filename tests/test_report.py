@@ -1,0 +1,263 @@
+# python -m pytest -q tests/test_report.py
+"""The comparison report's arithmetic on fabricated results.json files, and the experiment scripts' resume
+behaviour with a fake main.py (no model, no data, no network)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import report  # noqa: E402
+import sweep_selectivity  # noqa: E402
+
+DEFAULT_CONFIG = {"prune_method": "wanda", "sparsity_ratio": 0.5, "sparsity_type": "unstructured", "nsamples": 32,
+                  "seed": 0, "use_variant": False, "sel_tau_percentile": 0.6, "sel_top_quantile": 0.9,
+                  "sel_idf_exp": 1.0, "sel_spiky_exp": 1.0}
+
+
+def fabricate(root: Path, method: str, seed: int, ppl: float, *, ratio: float = 0.5, sparsity_type: str = "unstructured",
+              split: str = "test", dense: float | None = None, total: float = 100.0, prune: float = 5.0,
+              rss: float = 1000.0, config: dict | None = None, folder: str | None = None) -> Path:
+    """Write one results.json as main.py would, under root/<folder or method>/seed<k>/."""
+    path = root / f"{ratio}_{sparsity_type.replace(':', '-')}" / (folder or method) / f"seed{seed}" / "results.json"
+    path.parent.mkdir(parents=True)
+    cfg = {**DEFAULT_CONFIG, "prune_method": method, "sparsity_ratio": ratio, "sparsity_type": sparsity_type,
+           "seed": seed, **(config or {})}
+    path.write_text(json.dumps({
+        "model": "tiny", "prune_method": method, "sparsity_type": sparsity_type, "sparsity_ratio": ratio,
+        "measured_sparsity": ratio, "ppl_dense": dense, "ppl_pruned": ppl, "eval_split": split,
+        "seconds": {"load": 1.0, "calibration_data": 1.0, "prune": prune, "eval_dense": None, "eval_pruned": 2.0,
+                    "total": total},
+        "peak_rss_mb": rss, "peak_cuda_mb": None, "seed": seed, "nsamples": 32, "seqlen": 128, "eval_limit": 4,
+        "config": cfg, "versions": {"torch": "2.13.0", "transformers": "5.24.0"}, "git_commit": "abc123"}))
+    return path
+
+
+def test_mean_std_is_the_sample_std() -> None:
+    assert report.mean_std([10.0, 12.0, 14.0]) == pytest.approx((12.0, 2.0))
+    mean, std = report.mean_std([7.0])
+    assert mean == 7.0 and math.isnan(std)
+
+
+def test_paired_change_uses_only_shared_seeds() -> None:
+    # Seeds 0 and 1 are shared: +10 % and +20 %; seed 3 (method only) and 2 (baseline only) are ignored.
+    mean, std, n = report.paired_change({0: 11.0, 1: 12.0, 3: 9.0}, {0: 10.0, 1: 10.0, 2: 10.0})
+    assert (mean, n) == (pytest.approx(15.0), 2)
+    assert std == pytest.approx(math.sqrt(50.0))
+
+
+def test_paired_change_is_not_the_change_of_means() -> None:
+    # -50 % and +100 % average to +25 %; the change of the means, 100 * (22.5 / 15 - 1), would be +50 %.
+    mean, _, n = report.paired_change({0: 5.0, 1: 40.0}, {0: 10.0, 1: 20.0})
+    assert (mean, n) == (pytest.approx(25.0), 2)
+
+
+@pytest.fixture
+def fabricated(tmp_path: Path) -> Path:
+    """A results tree: wanda and wanda_select over 3 seeds, a sweep point, a second ratio, 2:4, a validation run."""
+    root = tmp_path / "results"
+    for seed, (w, s) in enumerate([(10.0, 9.0), (12.0, 12.0), (14.0, 12.6)]):
+        fabricate(root, "wanda", seed, w, dense=8.0 if seed == 0 else None, total=100.0 + 10 * seed,
+                  prune=5.0 + seed, rss=[1000.0, 1200.0, 1100.0][seed])
+        fabricate(root, "wanda_select", seed, s)
+    fabricate(root, "wanda_select", 0, 11.0, config={"sel_tau_percentile": 0.7}, folder="wanda_select_tau0.7")
+    for seed in (0, 1):
+        fabricate(root, "wanda", seed, 30.0 + seed, ratio=0.6)
+        fabricate(root, "wanda_select", seed, 27.0 + seed, ratio=0.6)
+    fabricate(root, "wanda", 0, 20.0, ratio=0.5, sparsity_type="2:4")
+    fabricate(root, "magnitude", 0, 2000.0, ratio=0.5, sparsity_type="2:4")
+    fabricate(root, "wanda_select", 0, 9.5, split="validation", folder="wanda_select_val")
+    return root
+
+
+def test_report_rows_csv_markdown_and_plots(fabricated: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert report.main([str(fabricated), "--out", str(out)]) == 0
+    with open(out / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8  # 3 + 2 + 2 + 1 groups: the sweep point and the validation run stay separate
+
+    def row(method: str, ratio: str = "0.5", sparsity_type: str = "unstructured", setting: str = "",
+            split: str = "test") -> dict:
+        (match,) = [r for r in rows if (r["method"], r["sparsity_ratio"], r["sparsity_type"], r["setting"],
+                                        r["eval_split"]) == (method, ratio, sparsity_type, setting, split)]
+        return match
+
+    wanda = row("wanda")
+    assert float(wanda["ppl_mean"]) == pytest.approx(12.0) and float(wanda["ppl_std"]) == pytest.approx(2.0)
+    assert float(wanda["change_vs_baseline_pct"]) == 0.0
+    assert float(wanda["total_seconds"]) == pytest.approx(110.0) and float(wanda["prune_seconds"]) == pytest.approx(6.0)
+    assert float(wanda["peak_rss_mb"]) == 1200.0 and wanda["peak_cuda_mb"] == ""
+    assert float(wanda["ppl_dense"]) == 8.0 and float(wanda["measured_sparsity"]) == 0.5
+
+    select = row("wanda_select")  # 9, 12, 12.6 against 10, 12, 14: -10 %, 0 %, -10 %
+    assert float(select["ppl_mean"]) == pytest.approx(11.2)
+    assert float(select["ppl_std"]) == pytest.approx(math.sqrt(3.72))
+    assert float(select["change_vs_baseline_pct"]) == pytest.approx(-20.0 / 3)
+    assert float(select["change_std_pct"]) == pytest.approx(math.sqrt(100.0 / 3))
+    assert select["change_n"] == "3" and float(select["ppl_dense"]) == 8.0  # dense is shared by the protocol
+
+    sweep_point = row("wanda_select", setting="sel_tau_percentile=0.7")
+    assert (sweep_point["n_seeds"], sweep_point["change_n"]) == ("1", "1")
+    assert float(sweep_point["change_vs_baseline_pct"]) == pytest.approx(10.0)
+
+    assert float(row("wanda_select", ratio="0.6")["change_vs_baseline_pct"]) == pytest.approx(
+        50.0 * (27.0 / 30.0 - 1) + 50.0 * (28.0 / 31.0 - 1))
+    assert float(row("magnitude", sparsity_type="2:4")["change_vs_baseline_pct"]) == pytest.approx(9900.0)
+    validation = row("wanda_select", split="validation")  # no wanda on validation: nothing to pair with
+    assert validation["change_vs_baseline_pct"] == "" and validation["change_n"] == "0"
+
+    markdown = (out / "report.md").read_text()
+    assert "| 0.5 unstructured | wanda | default | 0,1,2 | 12.00 ± 2.00 | ref |" in markdown
+    assert "| 11.20 ± 1.93 | -6.67 ± 5.77 (n=3) |" in markdown
+    assert "| 0.5 unstructured | wanda_select | sel_tau_percentile=0.7 | 0 | 11.00 | +10.00 (n=1) |" in markdown
+    assert "Dense perplexity: 8.00" in markdown and "torch 2.13.0" in markdown
+    for name in ("ppl_by_method.png", "ppl_vs_sparsity.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_single_ratio_writes_no_sparsity_plot_and_dedupes_paths(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    first = fabricate(root, "wanda", 0, 10.0)
+    fabricate(root, "wanda", 1, 11.0)
+    assert report.find_results([root, first]) == sorted({first.resolve(), (root / "0.5_unstructured/wanda/seed1/results.json").resolve()})
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "ppl_vs_sparsity.png").write_bytes(b"stale")
+    assert report.main([str(root), str(first), "--out", str(out)]) == 0
+    assert (out / "ppl_by_method.png").exists() and not (out / "ppl_vs_sparsity.png").exists()
+    assert "| 0,1 | 10.50 ± 0.71 | ref |" in (out / "report.md").read_text()
+
+
+FAKE_MAIN = r'''#!{python}
+# A stand-in for the interpreter: imitates `python main.py ...` (results.json into --save, argv into a log);
+# any other script (report.py) runs under the real interpreter.
+import json, os, sys
+script, *args = sys.argv[1:]
+if not script.endswith("main.py"):
+    os.execv({python!r}, [{python!r}, script, *args])
+with open(os.environ["FAKE_MAIN_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\n")
+opts, i = {{}}, 0
+while i < len(args):
+    if i + 1 < len(args) and not args[i + 1].startswith("--"):
+        opts[args[i][2:]], i = args[i + 1], i + 2
+    else:
+        opts[args[i][2:]], i = True, i + 1
+method, seed, split = opts["prune_method"], int(opts["seed"]), opts.get("eval_split", "test")
+if "%s/%d" % (method, seed) in os.environ.get("FAKE_FAIL", "").split():
+    sys.exit("fake failure")
+tau = float(opts.get("sel_tau_percentile", 0.6))
+best_tau = 0.7 if split == "validation" else 0.5  # the test set prefers another setting than validation
+ppl = 20.0 + seed if method == "wanda" else 19.0 + seed + 10 * abs(tau - best_tau)
+config = {{"prune_method": method, "seed": seed, "sel_tau_percentile": tau}}
+result = {{"model": opts["model"], "prune_method": method, "sparsity_type": opts["sparsity_type"],
+          "sparsity_ratio": float(opts["sparsity_ratio"]), "measured_sparsity": float(opts["sparsity_ratio"]),
+          "ppl_dense": None if "no_dense_eval" in opts else 15.0, "ppl_pruned": ppl, "eval_split": split,
+          "seconds": {{"prune": 1.0, "total": 2.0}}, "peak_rss_mb": 100.0, "peak_cuda_mb": None, "seed": seed,
+          "nsamples": int(opts["nsamples"]), "seqlen": int(opts["seqlen"]), "eval_limit": int(opts["eval_limit"]),
+          "config": config, "versions": {{}}, "git_commit": "fake"}}
+with open(os.path.join(opts["save"], "results.json"), "w") as f:
+    json.dump(result, f)
+'''
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An executable that imitates main.py and logs every call to $FAKE_MAIN_LOG."""
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_MAIN.format(python=sys.executable))
+    fake.chmod(0o755)
+    monkeypatch.setenv("FAKE_MAIN_LOG", str(tmp_path / "calls.log"))
+    return fake
+
+
+def calls(tmp_path: Path) -> list[list[str]]:
+    """The argv of every fake main.py call so far."""
+    log = tmp_path / "calls.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_experiment_script_layout_resume_and_failures(tmp_path: Path, fake_python: Path) -> None:
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHON": str(fake_python), "RESULTS_DIR": str(results), "NSAMPLES": "4", "SEQLEN": "16",
+           "EVAL_LIMIT": "2"}
+    script = [str(REPO / "scripts/run_selectivity_experiments.sh"), "org/tiny-model", "0.50", "2:4", "--seeds", "0", "1"]
+
+    done = subprocess.run(script, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cell = results / "tiny-model" / "0.5_2-4"
+    methods = ["wanda", "wanda_idf", "wanda_spiky", "wanda_select"]
+    for method in methods:
+        for seed in (0, 1):
+            assert json.loads((cell / method / f"seed{seed}" / "results.json").read_text())["seed"] == seed
+    first = calls(tmp_path)
+    assert len(first) == 8
+    assert first[0][first[0].index("--sparsity_type") + 1] == "2:4" and "--nsamples" in first[0]
+    assert [("--no_dense_eval" in argv) for argv in first] == [False] + [True] * 7  # dense perplexity once
+    assert "| 0.5 2:4 | wanda_select |" in (cell / "report" / "report.md").read_text()
+
+    done = subprocess.run(script + ["--no-report"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and len(calls(tmp_path)) == 8  # everything exists: nothing reruns
+
+    (cell / "wanda_select" / "seed1" / "results.json").unlink()
+    done = subprocess.run(script + ["--no-report"], env=env, capture_output=True, text=True)
+    rerun = calls(tmp_path)[8:]
+    assert done.returncode == 0 and len(rerun) == 1
+    assert rerun[0][rerun[0].index("--prune_method") + 1] == "wanda_select" and rerun[0][rerun[0].index("--seed") + 1] == "1"
+
+    # A failed run leaves no results.json, the batch goes on, the exit status says so, the next call retries it.
+    env_fail = {**env, "METHODS": "wanda", "FAKE_FAIL": "sparsegpt/0"}
+    unstructured = [str(REPO / "scripts/run_selectivity_experiments.sh"), "tiny", "0.5", "--all-methods",
+                    "--seeds", "0", "--no-report"]
+    done = subprocess.run(unstructured, env=env_fail, capture_output=True, text=True)
+    assert done.returncode == 1 and "sparsegpt/seed0" in done.stderr
+    cell = results / "tiny" / "0.5_unstructured"
+    assert sorted(p.parent.parent.name for p in cell.glob("*/seed0/results.json")) == [
+        "magnitude", "neuronrank", "neuronrank_fisher", "wanda"]
+    done = subprocess.run(unstructured, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and (cell / "sparsegpt" / "seed0" / "results.json").exists()
+
+
+def test_build_grid_sizes() -> None:
+    axes = sweep_selectivity.DEFAULT_AXES
+    default = sweep_selectivity.DEFAULT_POINT
+    assert len(sweep_selectivity.build_grid(axes, default, "full", None)) == 81
+    one_at_a_time = sweep_selectivity.build_grid(axes, default, "axes", None)
+    assert len(one_at_a_time) == 9 and one_at_a_time[0] == default
+    capped = sweep_selectivity.build_grid(axes, default, "full", 4)
+    assert len(capped) == 4 and capped[0] == default and len({json.dumps(p) for p in capped}) == 4
+
+
+def test_selectivity_sweep_selects_on_validation_only(tmp_path: Path, fake_python: Path) -> None:
+    results = tmp_path / "results"
+    code = sweep_selectivity.main([
+        "--model", "tiny", "--python", str(fake_python), "--results_dir", str(results), "--val_seeds", "0",
+        "--test_seeds", "0", "1", "--tau_percentile", "0.5", "0.6", "0.7", "--top_quantile", "0.9",
+        "--idf_exp", "1", "--spiky_exp", "1", "--nsamples", "4", "--seqlen", "16", "--eval_limit", "2"])
+    assert code == 0
+    runs = calls(tmp_path)
+    split_of = [(argv[argv.index("--eval_split") + 1], argv[argv.index("--prune_method") + 1],
+                 argv[argv.index("--sel_tau_percentile") + 1] if "--sel_tau_percentile" in argv else None)
+                for argv in runs]
+    assert sorted(s for s in split_of if s[0] == "validation") == sorted(
+        [("validation", "wanda", None)] + [("validation", "wanda_select", t) for t in ("0.5", "0.6", "0.7")])
+    # Validation prefers tau 0.7 (the test set would prefer 0.5): only 0.7 and wanda ever see the test split.
+    assert sorted(s for s in split_of if s[0] == "test") == [("test", "wanda", None)] * 2 + [("test", "wanda_select", "0.7")] * 2
+    summary = (results / "tiny" / "selectivity_sweep_0.5_unstructured" / "summary.md").read_text()
+    assert "tau0.7_top0.9_idf1_spiky1 **selected**" in summary
+    # test: 19 + seed + 2 against 20 + seed -> +5 % and +4.76 %
+    assert f"{50 * (21 / 20 - 1) + 50 * (22 / 21 - 1):+.2f}" in summary
+    assert sweep_selectivity.main([  # resumed: nothing reruns
+        "--model", "tiny", "--python", str(fake_python), "--results_dir", str(results), "--test_seeds", "0", "1",
+        "--tau_percentile", "0.5", "0.6", "0.7", "--top_quantile", "0.9", "--idf_exp", "1", "--spiky_exp", "1",
+        "--nsamples", "4", "--seqlen", "16", "--eval_limit", "2"]) == 0
+    assert len(calls(tmp_path)) == len(runs)
