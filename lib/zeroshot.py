@@ -92,8 +92,12 @@ def plan_tasks(tasks: list[str], data_dir: str | Path | None) -> TaskPlan:
         elif name.endswith(LOCAL_SUFFIX) and name[: -len(LOCAL_SUFFIX)] in local_yamls:
             plan.local[name[: -len(LOCAL_SUFFIX)]] = name
         elif offline:
-            where = (f"no {name}{LOCAL_SUFFIX}.yaml in {zs_dir / 'tasks'}" if zs_dir is not None
-                     else f"no local data ({'data_dir ' + str(data_dir) + ' has no zeroshot/tasks' if data_dir else 'no --data_dir / WANDA_DATA_DIR'})")
+            if zs_dir is not None:
+                where = f"no task '{name}{LOCAL_SUFFIX}' in {zs_dir / 'tasks'}"
+            elif data_dir is not None:
+                where = f"no zeroshot/tasks folder in data_dir {data_dir}"
+            else:
+                where = "no local data (no --data_dir or WANDA_DATA_DIR)"
             plan.skipped[name] = f"{where}, and the hub is switched off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)"
         else:
             plan.hub.append(name)

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default=None, help="local data folder (default: $WANDA_DATA_DIR)")
     p.add_argument("--cache_dir", default="llm_weights")
     p.add_argument("--seqlen", type=int, default=None,
-                   help="evaluation window in tokens (default: the model's max positions, as Wanda)")
+                   help="evaluation window in tokens (default min(2048, model maximum), as main.py)")
     p.add_argument("--eval_limit", type=int, default=None, help="evaluate only the first N windows")
     p.add_argument("--eval_batch_size", type=int, default=1)
     p.add_argument("--skip_base", action="store_true", help="do not evaluate the base model without the adapter")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_dir = resolve_data_dir(args.data_dir)
 
     model, tokenizer = load_model(spec, cache_dir=args.cache_dir, dtype=DTYPES[args.dtype] if args.dtype else None)
-    seqlen = args.seqlen or max_sequence_length(model.config) or 2048
+    seqlen = args.seqlen or min(2048, max_sequence_length(model.config) or 2048)
     test_ids = get_wikitext2_test_ids(tokenizer, data_dir)
     results: dict = {"model": spec, "lora_weights": str(adapter), "seqlen": seqlen, "eval_limit": args.eval_limit,
                      "command": " ".join(["python", "lora_ft/evaluate_ppl.py",
