@@ -22,7 +22,7 @@ from lib.layerwrapper import Collector, WrappedGPT
 
 @dataclass(frozen=True)
 class Method:
-    """One registry entry; exactly one of score / update / prune_layer is set."""
+    """One registry entry: score or update, and/or prune_layer (used when `prunes_layer(config)`)."""
 
     name: str
     collectors: tuple[type[Collector], ...]
@@ -35,7 +35,19 @@ class Method:
     check: Callable[[PruneConfig], None] | None = None
     # Optional: a function(stats) -> small JSON-able summary, recorded per linear with --save_stats.
     summarize: Callable[[dict], dict] | None = None
+    # Optional: a function(calib_ids [n, seqlen], config) -> dict, run once before the layer walk; its items are
+    # keyword arguments to every collector's constructor (NeuronRank's top-K token classes).
+    prepare: Callable[[torch.Tensor, PruneConfig], dict] | None = None
+    # Optional: a function(config) -> True when this run uses prune_layer rather than score/update (one method
+    # name, two granularities: --nr_granularity). Without it, prune_layer is used whenever it is set.
+    structured: Callable[[PruneConfig], bool] | None = None
     help: str = ""
+
+    def prunes_layer(self, config: PruneConfig) -> bool:
+        """True when the driver hands whole layers to prune_layer (structured pruning) for this config."""
+        if self.prune_layer is None:
+            return False
+        return self.structured is None or self.structured(config)
 
     def validate(self, config: PruneConfig) -> None:
         """Reject settings this method cannot honour, naming the value."""
@@ -43,6 +55,18 @@ class Method:
             variant_methods = sorted(n for n, m in METHODS.items() if m.supports_variant)
             raise ConfigError(f"--use_variant applies to Wanda-score methods {variant_methods}, "
                               f"not '{self.name}'")
+        structured = self.prunes_layer(config)
+        if config.nr_granularity == "neuron" and not structured:
+            neuron_methods = sorted(n for n, m in METHODS.items() if m.prune_layer is not None)
+            raise ConfigError(f"--nr_granularity neuron applies to {neuron_methods}, not '{self.name}'")
+        if config.shrink and not structured:
+            raise ConfigError(f"--shrink drops whole neurons; it needs --nr_granularity neuron (method "
+                              f"'{self.name}', granularity '{config.nr_granularity}')")
+        if structured and (config.prune_n or config.use_variant):
+            what, fix = ((f"sparsity_type {config.sparsity_type}", "use --sparsity_type unstructured")
+                         if config.prune_n else ("--use_variant", "drop --use_variant"))
+            raise ConfigError(f"{what} applies to weight granularity; '{self.name}' with --nr_granularity "
+                              f"{config.nr_granularity} removes whole neurons, {fix}")
         if self.check is not None:
             self.check(config)
 
@@ -76,3 +100,4 @@ register(Method("wanda", (WrappedGPT,), score=wanda_score, supports_variant=True
 # Modules below register more methods on import.
 import lib.sparsegpt  # noqa: E402,F401
 import lib.ablate  # noqa: E402,F401
+import lib.neuronrank  # noqa: E402,F401

@@ -93,13 +93,17 @@ def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList,
 
 
 @contextlib.contextmanager
-def collect_inputs(linears: dict[str, nn.Linear], method: Method, config: PruneConfig, token_ids: list):
+def collect_inputs(linears: dict[str, nn.Linear], method: Method, config: PruneConfig, token_ids: list,
+                   context: dict | None = None):
     """Hook every linear into fresh collectors; yields {name: collectors}, hooks removed on exit.
 
     Linears that read the very same input tensor (q/k/v, gate/up) share one set of collectors: the first
-    to see the tensor in a forward owns it, and `aliases` maps the others to it.
+    to see the tensor in a forward owns it, and `aliases` maps the others to it. `context` (from
+    method.prepare) goes to every collector's constructor as keyword arguments.
     """
-    collectors = {name: [cls(lin.in_features, config) for cls in method.collectors] for name, lin in linears.items()}
+    context = context or {}
+    collectors = {name: [cls(lin.in_features, config, **context) for cls in method.collectors]
+                  for name, lin in linears.items()}
     aliases: dict[str, str] = {}
     seen: dict[int, tuple[str, torch.Tensor]] = {}
 
@@ -164,6 +168,7 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
     needs_data = bool(method.collectors)
     if needs_data:
         inps, kwargs = capture_layer_inputs(model, layers, calib_ids)
+    context = method.prepare(calib_ids, config) if method.prepare is not None else {}
     progress = tqdm(range(len(layers)), desc="pruning")
     for i in progress:
         progress.set_description(f"pruning layer ({i + 1}/{len(layers)})")
@@ -175,7 +180,7 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
             device = layer_device(layer)
             inps, kwargs = inps.to(device), to_device(kwargs, device)
             token_ids: list = [None]
-            with collect_inputs(linears, method, config, token_ids) as (collectors, aliases, seen):
+            with collect_inputs(linears, method, config, token_ids, context) as (collectors, aliases, seen):
                 for j in range(inps.shape[0]):
                     token_ids[0] = calib_ids[j:j + 1].to(device)
                     layer(inps[j:j + 1], **kwargs)
@@ -185,7 +190,9 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
                 for collector in collectors[name]:
                     finalized[name].update(collector.finalize())
             stats = {name: finalized[aliases.get(name, name)] for name in linears}
-        if method.prune_layer is not None:
+        # Structured methods may shrink linears: count removed weights as pruned, against the original size.
+        original = sum(lin.weight.numel() for lin in linears.values())
+        if method.prunes_layer(config):
             method.prune_layer(layer, linears, stats, config)
         else:
             for name, linear in linears.items():
@@ -196,8 +203,8 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
         if needs_data:
             inps = torch.cat([hidden_of(layer(inps[j:j + 1], **kwargs)) for j in range(inps.shape[0])])
         zeros = sum((lin.weight == 0).sum().item() for lin in find_linears(layer).values())
-        total = sum(lin.weight.numel() for lin in find_linears(layer).values())
-        report.layer_sparsity.append(zeros / total)
+        remaining = sum(lin.weight.numel() for lin in find_linears(layer).values())
+        report.layer_sparsity.append((zeros + original - remaining) / original)
         report.layer_seconds.append(time.time() - start)
         logger.info("layer %d/%d: sparsity %.4f in %.2fs", i + 1, len(layers), report.layer_sparsity[-1],
                     report.layer_seconds[-1])

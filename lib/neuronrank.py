@@ -1,0 +1,308 @@
+"""NeuronRank: channel scores from how a channel's activation varies across tokens and across token classes.
+
+For each linear layer's input channel j over calibration tokens t (SELECTIVITY.md, section NeuronRank):
+  nr_var      var_j   token variance of x_tj;
+  nr_between  B_j     between-class variance  sum_c n_c (mu_cj - mu_j^cls)^2 / N_cls;
+  nr_within   W_j     within-class variance   sum_c sum_{t in c} (x_tj - mu_cj)^2 / N_cls;
+  nr_fisher   J_j     Fisher ratio            B_j / (W_j + eps).
+A token's class is the id of the input token at its position, restricted to the K most frequent ids of the
+calibration set (K = neuronrank_max_classes); tokens of other ids do not enter the class statistics.
+
+Methods: `neuronrank` (f_j = var_j + B_j) and `neuronrank_fisher` (f_j = J_j), at two granularities:
+  weight: S_ij = |W_ij| * ||X_j||_2 * (f_j / mean_j f_j)^gamma, masked per row or N:M like Wanda;
+  neuron: whole MLP neurons removed, importance_j = f_j^gamma * ||W_down[:, j]||_2 * ||X_j||_2, the same
+          count in every layer; with shrink the linears are resized and the model config updated.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lib.config import ConfigError, PruneConfig
+from lib.layerwrapper import Collector
+from lib.methods import Method, register
+
+logger = logging.getLogger(__name__)
+
+# J = B / (W + eps) with eps relative to the layer's mean total variance, so J does not depend on the
+# activation scale (fp16 vs fp32 models, outlier layers); the absolute floor keeps an all-zero input at J = 0.
+FISHER_EPS_REL = 1e-6
+FISHER_EPS_ABS = 1e-30
+# Config attributes that hold the MLP width, updated when --shrink removes neurons.
+MLP_WIDTH_KEYS = ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size")
+
+
+def top_token_classes(calib_ids: torch.Tensor, max_classes: int) -> torch.Tensor:
+    """calib_ids [n, seqlen] -> the max_classes most frequent ids [K], sorted ascending (ties: lower id wins)."""
+    if max_classes <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    ids, counts = torch.unique(calib_ids.flatten().cpu(), return_counts=True)
+    # unique returns ids ascending; a stable sort by descending count keeps the lower id first among ties.
+    order = torch.argsort(-counts, stable=True)[:max_classes]
+    return ids[order].sort().values.long()
+
+
+def prepare_classes(calib_ids: torch.Tensor, config: PruneConfig) -> dict:
+    """Once per run, before the layer walk: {'class_ids': top-K ids [K]} for every NeuronRank collector."""
+    class_ids = top_token_classes(calib_ids, config.neuronrank_max_classes)
+    if class_ids.numel():
+        covered = torch.isin(calib_ids.flatten().cpu(), class_ids).float().mean().item()
+        logger.info("NeuronRank: %d token classes cover %.1f%% of %d calibration tokens", class_ids.numel(),
+                    100 * covered, calib_ids.numel())
+    return {"class_ids": class_ids}
+
+
+class NeuronRankCollector(Collector):
+    """Per input channel: token sums, per-sequence mean sums, and per-class sums (float64), divided in finalize.
+
+    Memory is (3 + 2K) x in_features floats whatever the token count. Also publishes Wanda's scaler_row.
+    """
+
+    def __init__(self, in_features: int, config: PruneConfig, class_ids: torch.Tensor | None = None) -> None:
+        super().__init__(in_features, config)
+        zeros = partial(torch.zeros, dtype=torch.float64)
+        self.sum_x, self.sum_sq = zeros(in_features), zeros(in_features)
+        self.sum_sample_mean, self.sum_sample_mean_sq = zeros(in_features), zeros(in_features)
+        self.ntokens = 0
+        self.nsamples = 0
+        self.class_ids = (class_ids if class_ids is not None else torch.zeros(0)).long().sort().values
+        num_classes = self.class_ids.numel()
+        self.class_count = zeros(num_classes)
+        self.class_sum, self.class_sum_sq = zeros(num_classes, in_features), zeros(num_classes, in_features)
+
+    def _to(self, device: torch.device) -> None:
+        """Keep every sum on the device of the activations (the layer's device)."""
+        if self.sum_x.device == device:
+            return
+        for name in ("sum_x", "sum_sq", "sum_sample_mean", "sum_sample_mean_sq", "class_ids", "class_count",
+                     "class_sum", "class_sum_sq"):
+            setattr(self, name, getattr(self, name).to(device))
+
+    def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
+        """x [batch, seq, in] or [tokens, in]; token_ids with one id per token ([batch, seq]) when K > 0."""
+        self._to(x.device)
+        rows = x.reshape(-1, x.shape[-1]).double()
+        samples = x.shape[0] if x.dim() == 3 else 1
+        self.sum_x += rows.sum(0)
+        self.sum_sq += rows.pow(2).sum(0)
+        sample_means = rows.reshape(samples, -1, rows.shape[-1]).mean(1)
+        self.sum_sample_mean += sample_means.sum(0)
+        self.sum_sample_mean_sq += sample_means.pow(2).sum(0)
+        self.ntokens += rows.shape[0]
+        self.nsamples += samples
+        if not self.class_ids.numel():
+            return
+        if token_ids is None or token_ids.numel() != rows.shape[0]:
+            got = "none" if token_ids is None else f"{token_ids.numel()}"
+            raise ValueError(f"NeuronRank class statistics need one token id per activation row: {rows.shape[0]} "
+                             f"rows, {got} ids")
+        flat = token_ids.reshape(-1).to(x.device).long()
+        pos = torch.searchsorted(self.class_ids, flat).clamp(max=self.class_ids.numel() - 1)
+        hit = self.class_ids[pos] == flat
+        cls, picked = pos[hit], rows[hit]
+        self.class_count.index_add_(0, cls, torch.ones_like(cls, dtype=torch.float64))
+        self.class_sum.index_add_(0, cls, picked)
+        self.class_sum_sq.index_add_(0, cls, picked.pow(2))
+
+    def finalize(self) -> dict[str, torch.Tensor]:
+        """scaler_row, nr_mean, nr_var, nr_sample_mean_var, nr_between, nr_within, nr_fisher [in]; nr_class_tokens []."""
+        ntokens, nsamples = max(self.ntokens, 1), max(self.nsamples, 1)
+        mean = self.sum_x / ntokens
+        var = (self.sum_sq / ntokens - mean.pow(2)).clamp_min(0)
+        sample_mean = self.sum_sample_mean / nsamples
+        sample_mean_var = (self.sum_sample_mean_sq / nsamples - sample_mean.pow(2)).clamp_min(0)
+        class_tokens = self.class_count.sum()
+        if class_tokens > 0:
+            seen = self.class_count > 0
+            count, sums, sums_sq = self.class_count[seen], self.class_sum[seen], self.class_sum_sq[seen]
+            class_mean = sums / count.unsqueeze(1)
+            overall = sums.sum(0) / class_tokens
+            between = (count.unsqueeze(1) * (class_mean - overall).pow(2)).sum(0) / class_tokens
+            within = ((sums_sq - sums * class_mean).sum(0) / class_tokens).clamp_min(0)
+        else:
+            between = within = torch.zeros_like(mean)
+        eps = FISHER_EPS_REL * (between + within).mean() + FISHER_EPS_ABS
+        fisher = between / (within + eps)
+        out = {"scaler_row": self.sum_sq / nsamples, "nr_mean": mean, "nr_var": var,
+               "nr_sample_mean_var": sample_mean_var, "nr_between": between, "nr_within": within,
+               "nr_fisher": fisher, "nr_class_tokens": class_tokens}
+        return {name: value.float() for name, value in out.items()}
+
+
+def variance_factor(stats: dict) -> torch.Tensor:
+    """neuronrank: f_j = var_j + B_j [in] (activation variance plus class-mean variance)."""
+    return stats["nr_var"] + stats["nr_between"]
+
+
+def fisher_factor(stats: dict) -> torch.Tensor:
+    """neuronrank_fisher: f_j = J_j [in]."""
+    return stats["nr_fisher"]
+
+
+def relative_factor(factor: torch.Tensor, exponent: float) -> torch.Tensor:
+    """(f_j / mean_j f_j)^gamma [in]; the mean makes gamma change the spread, not the scale."""
+    return (factor / factor.mean().clamp_min(torch.finfo(factor.dtype).tiny)).pow(exponent)
+
+
+def neuronrank_score(W: torch.Tensor, stats: dict, config: PruneConfig,
+                     factor: Callable[[dict], torch.Tensor]) -> torch.Tensor:
+    """S_ij = |W_ij| * ||X_j||_2 * (f_j / mean f)^gamma [out, in]."""
+    column = stats["scaler_row"].sqrt() * relative_factor(factor(stats), config.nr_exp)
+    return W.abs() * column.to(W.device).unsqueeze(0)
+
+
+def neuronrank_channel_importance(stats: dict, config: PruneConfig,
+                                  factor: Callable[[dict], torch.Tensor]) -> torch.Tensor:
+    """f_j^gamma * ||X_j||_2 [in] (f divided by its mean, which leaves the ranking within a layer unchanged)."""
+    return relative_factor(factor(stats), config.nr_exp) * stats["scaler_row"].sqrt()
+
+
+def find_mlp(linears: dict[str, nn.Linear]) -> tuple[list[str], str]:
+    """The MLP of one decoder layer, by structure -> (names of the widening linears, name of the narrowing one).
+
+    The narrowing ('down', fc2) linear maps more inputs to fewer outputs; the widening ones (gate/up, fc1) sit
+    in the same module and map its output width to its input width. Square attention projections never match.
+    """
+    by_parent: dict[str, list[str]] = {}
+    for name in linears:
+        by_parent.setdefault(name.rpartition(".")[0], []).append(name)
+    found = []
+    for names in by_parent.values():
+        for down in names:
+            d = linears[down]
+            if d.in_features <= d.out_features:
+                continue
+            ups = [u for u in names if u != down and linears[u].out_features == d.in_features
+                   and linears[u].in_features == d.out_features]
+            if ups:
+                found.append((ups, down))
+    if len(found) != 1:
+        raise ConfigError(f"neuron granularity needs exactly one MLP per decoder layer (a linear widening the "
+                          f"hidden size and one narrowing it back, in the same module); found {len(found)} among "
+                          f"{sorted(linears)}")
+    return found[0]
+
+
+def _resize(linear: nn.Linear, keep: torch.Tensor, dim: int) -> None:
+    """Keep only rows (dim 0, with their bias entries) or columns (dim 1) `keep` of a linear, in place.
+
+    The module object stays (hooks, references, accelerate's device hooks); only its tensors shrink.
+    """
+    weight = linear.weight
+    linear.weight = nn.Parameter(weight.data.index_select(dim, keep.to(weight.device)).contiguous(),
+                                 requires_grad=weight.requires_grad)
+    if dim == 0:
+        if linear.bias is not None:
+            linear.bias = nn.Parameter(linear.bias.data[keep.to(linear.bias.device)].contiguous(),
+                                       requires_grad=linear.bias.requires_grad)
+        linear.out_features = keep.numel()
+    else:
+        linear.in_features = keep.numel()
+
+
+def _shrink_config(layer: nn.Module, old_width: int, new_width: int) -> None:
+    """Set the model config's MLP width (and modules' cached copies) so save_pretrained reloads with the new width."""
+    configs = {id(c): c for m in layer.modules() if (c := getattr(m, "config", None)) is not None
+               and hasattr(c, "to_dict")}
+    updated = []
+    for cfg in configs.values():
+        for key in MLP_WIDTH_KEYS:
+            # An earlier layer may already have set the new width (the count is the same in every layer).
+            if getattr(cfg, key, None) in (old_width, new_width):
+                setattr(cfg, key, new_width)
+                updated.append(key)
+    if not updated:
+        raise ConfigError(f"--shrink found no model config attribute among {list(MLP_WIDTH_KEYS)} equal to the "
+                          f"MLP width {old_width}; run without --shrink to zero the neurons instead")
+    for module in layer.modules():
+        if getattr(module, "intermediate_size", None) == old_width:
+            module.intermediate_size = new_width
+
+
+def check_shrinkable(layer: nn.Module, width: int) -> None:
+    """Fail before touching weights when the MLP width cannot be written back to the config."""
+    configs = [c for m in layer.modules() if (c := getattr(m, "config", None)) is not None and hasattr(c, "to_dict")]
+    if not any(isinstance(getattr(c, key, None), int) for c in configs for key in MLP_WIDTH_KEYS):
+        raise ConfigError(f"--shrink found no model config attribute among {list(MLP_WIDTH_KEYS)} for the MLP "
+                          f"width {width}; run without --shrink to zero the neurons instead")
+
+
+@torch.no_grad()
+def prune_neurons(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, dict], config: PruneConfig,
+                  importance: Callable[[dict, PruneConfig], torch.Tensor]) -> None:
+    """Remove the int(ratio * width) least important MLP neurons of one layer: zero them, or drop them with shrink.
+
+    importance(stats of the narrowing linear's input, config) -> per-channel factor [width]; it is multiplied
+    by ||W_down[:, j]||_2, the neuron's write-out norm.
+    """
+    ups, down = find_mlp(linears)
+    width = linears[down].in_features
+    if config.shrink:
+        check_shrinkable(layer, width)
+    score = importance(stats[down], config).to(linears[down].weight.device).float()
+    score = score * linears[down].weight.float().norm(dim=0)
+    order = score.argsort(stable=True)
+    removed = int(width * config.sparsity_ratio)
+    drop, keep = order[:removed], order[removed:].sort().values
+    if config.shrink:
+        for name in ups:
+            _resize(linears[name], keep, dim=0)
+        _resize(linears[down], keep, dim=1)
+        _shrink_config(layer, width, keep.numel())
+        return
+    for name in ups:
+        linears[name].weight[drop.to(linears[name].weight.device)] = 0
+        if linears[name].bias is not None:
+            linears[name].bias[drop.to(linears[name].bias.device)] = 0
+    linears[down].weight[:, drop.to(linears[down].weight.device)] = 0
+
+
+def score_channel_importance(stats: dict, config: PruneConfig,
+                             score: Callable[[torch.Tensor, dict, PruneConfig], torch.Tensor]) -> torch.Tensor:
+    """Per-channel factor g_j [in] of any Wanda-form score |W_ij| * g_j, read off as score(ones [1, in])."""
+    ones = torch.ones(1, stats["scaler_row"].numel(), device=stats["scaler_row"].device)
+    return score(ones, stats, config)[0]
+
+
+def neuron_granularity(config: PruneConfig) -> bool:
+    """True when this run removes whole MLP neurons (--nr_granularity neuron)."""
+    return config.nr_granularity == "neuron"
+
+
+def neuron_pruner(score: Callable[[torch.Tensor, dict, PruneConfig], torch.Tensor]) -> dict:
+    """Method fields giving any Wanda-form score a neuron granularity: Method(..., **neuron_pruner(score))."""
+    return {"prune_layer": partial(prune_neurons, importance=partial(score_channel_importance, score=score)),
+            "structured": neuron_granularity}
+
+
+def check_neuronrank(config: PruneConfig, needs_classes: bool) -> None:
+    """Settings NeuronRank cannot honour, one line each."""
+    if needs_classes and config.neuronrank_max_classes == 0:
+        raise ConfigError(f"{config.prune_method} ranks channels by token classes but --neuronrank-max-classes "
+                          f"is 0; set it > 0 (default 512)")
+    if not config.nr_exp >= 0:
+        raise ConfigError(f"nr_exp {config.nr_exp} must be >= 0 (0 gives plain Wanda scores)")
+
+
+def summarize_neuronrank(stats: dict) -> dict:
+    """Means of the channel statistics and the classified-token count, for --save_stats."""
+    summary = {name: round(stats[name].mean().item(), 6) for name in
+               ("nr_var", "nr_sample_mean_var", "nr_between", "nr_within", "nr_fisher")}
+    summary["nr_fisher_median"] = round(stats["nr_fisher"].median().item(), 6)
+    summary["nr_class_tokens"] = int(stats["nr_class_tokens"].item())
+    return summary
+
+
+for _name, _factor, _needs_classes, _what in [
+        ("neuronrank", variance_factor, False, "activation variance + class-mean variance"),
+        ("neuronrank_fisher", fisher_factor, True, "Fisher ratio between/within token classes")]:
+    register(Method(_name, (NeuronRankCollector,), score=partial(neuronrank_score, factor=_factor),
+                    prune_layer=partial(prune_neurons, importance=partial(neuronrank_channel_importance,
+                                                                          factor=_factor)),
+                    structured=neuron_granularity, prepare=prepare_classes, supports_variant=True,
+                    check=partial(check_neuronrank, needs_classes=_needs_classes), summarize=summarize_neuronrank,
+                    help=f"Wanda x ({_what}); --nr_granularity weight or neuron"))
