@@ -8,6 +8,8 @@ Contract: `__init__(in_features, config)`, `add_batch(x [..., in], token_ids [..
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lib.config import PruneConfig
@@ -67,3 +69,155 @@ class HessianCollector(Collector):
 
     def finalize(self) -> dict[str, torch.Tensor]:
         return {"hessian": 2.0 * self.xxt / max(self.nsamples, 1)}
+
+
+# Selectivity histogram bins (SELECTIVITY.md, "Streaming statistics"). Bin k of a channel's histogram is read
+# straight from the float32 bit pattern of |x|: the exponent and the top SUB_BITS mantissa bits, so bins are
+# 2**-SUB_BITS of an octave wide (3.1% to 6.25% relative width) from 2**MIN_EXP to 2**MAX_EXP. Bin 0 holds
+# |x| < 2**MIN_EXP (exact zeros are counted apart, so a ReLU's zeros stay a point mass at 0) and the last bin
+# everything >= 2**MAX_EXP (its upper edge is the channel's running maximum).
+SUB_BITS = 4
+MIN_EXP = -16
+MAX_EXP = 14
+N_BINS = (MAX_EXP - MIN_EXP) * 2**SUB_BITS + 2
+_BIT_SHIFT = 23 - SUB_BITS
+# (bits >> _BIT_SHIFT) of 2**MIN_EXP is (MIN_EXP + 127) << SUB_BITS; it must land in bin 1.
+_BIN_OFFSET = ((MIN_EXP + 127) << SUB_BITS) - 1
+
+
+def bin_edges() -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper edges [N_BINS] (float64) of the selectivity histogram; the last upper edge is +inf."""
+    j = torch.arange(N_BINS - 2, dtype=torch.float64)
+    octave = torch.pow(2.0, MIN_EXP + torch.div(j, 2**SUB_BITS, rounding_mode="floor"))
+    lower = octave * (1 + torch.remainder(j, 2**SUB_BITS) / 2**SUB_BITS)
+    lo = torch.cat([torch.zeros(1, dtype=torch.float64), lower, torch.tensor([2.0**MAX_EXP], dtype=torch.float64)])
+    hi = torch.cat([lo[1:], torch.tensor([float("inf")], dtype=torch.float64)])
+    return lo, hi
+
+
+def inverse_document_frequency(active_rate: torch.Tensor, clip_max: float) -> torch.Tensor:
+    """IDF_j = log(1 / p_j) clipped to [0, clip_max]; p_j = 0 gives clip_max. [in] -> [in]."""
+    return torch.log(1.0 / active_rate.double()).clamp(0.0, clip_max).float()
+
+
+def spikiness(top_mean: torch.Tensor, mean_abs: torch.Tensor, clip_max: float, eps: float = 1e-10) -> torch.Tensor:
+    """R_j = mu_top_j / (mu_j + eps) clipped to [1, clip_max]. [in], [in] -> [in]."""
+    return (top_mean.double() / (mean_abs.double() + eps)).clamp(1.0, clip_max).float()
+
+
+class WrappedGPTSelectivity(WrappedGPT):
+    """Wanda's scaler_row plus the selectivity statistics of SELECTIVITY.md, from per-channel histograms of |x|.
+
+    State per input channel: N_BINS exact counts, N_BINS exact sums of |x| (float64), the zero count and the
+    running max: about 970 numbers, whatever the number of calibration tokens. All of it is sums, counts and
+    maxima, so the result does not depend on how tokens were batched.
+    Publishes scaler_row, tau (layer-wide), active_rate (p), mean_abs (mu), top_mean (mu_top), idf, spikiness
+    (R, with this config's clips), all [in] except tau [].
+    """
+
+    def __init__(self, in_features: int, config: PruneConfig) -> None:
+        super().__init__(in_features, config)
+        self.counts: torch.Tensor | None = None  # [in, N_BINS] int64, allocated on the first batch
+        self.sums: torch.Tensor | None = None  # [in, N_BINS] float64
+        self.zeros = torch.zeros(in_features, dtype=torch.int64)
+        self.max_abs = torch.zeros(in_features, dtype=torch.float32)
+        self.ntokens = 0
+
+    def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
+        samples, rows = _samples_and_rows(x)
+        device, channels = rows.device, self.in_features
+        if self.counts is None:
+            # Lazily: linears that alias another's input (k, v, up) never receive a batch and cost nothing.
+            self.counts = torch.zeros(channels * N_BINS, dtype=torch.int64, device=device)
+            self.sums = torch.zeros(channels * N_BINS, dtype=torch.float64, device=device)
+            base = torch.arange(channels, dtype=torch.int32, device=device) * N_BINS
+            self._shift, self._first, self._last = base - _BIN_OFFSET, base, base + N_BINS - 1
+        self.sum_sq = self.sum_sq.to(device)
+        self.sum_sq += rows.pow(2).sum(dim=0, dtype=torch.float64)
+        self.nsamples += samples
+        absx = rows.abs()
+        # Flat bin index channel * N_BINS + k, straight from the float bits (no log, no search).
+        flat = torch.bitwise_right_shift(absx.view(torch.int32), _BIT_SHIFT).add_(self._shift)
+        flat = torch.clamp(flat, self._first, self._last).view(-1)
+        self.counts += torch.bincount(flat, minlength=channels * N_BINS)
+        self.sums += torch.bincount(flat, weights=absx.view(-1), minlength=channels * N_BINS)
+        self.zeros = self.zeros.to(device) + (absx.shape[0] - torch.count_nonzero(absx, dim=0))
+        self.max_abs = torch.maximum(self.max_abs.to(device), absx.amax(dim=0))
+        self.ntokens += absx.shape[0]
+
+    def finalize(self) -> dict[str, torch.Tensor]:
+        stats = super().finalize()
+        cfg, n = self.config, self.ntokens
+        if self.counts is None or n == 0:
+            raise RuntimeError("WrappedGPTSelectivity.finalize() before any add_batch()")
+        stats.update(selectivity_from_histogram(
+            self.counts.view(self.in_features, N_BINS), self.sums.view(self.in_features, N_BINS), self.zeros,
+            self.max_abs, n, cfg.sel_tau_percentile, cfg.sel_top_quantile))
+        stats["idf"] = inverse_document_frequency(stats["active_rate"], cfg.sel_idf_clip_max)
+        stats["spikiness"] = spikiness(stats["top_mean"], stats["mean_abs"], cfg.sel_spiky_clip_max)
+        return stats
+
+
+def selectivity_from_histogram(counts: torch.Tensor, sums: torch.Tensor, zeros: torch.Tensor, max_abs: torch.Tensor,
+                               ntokens: int, tau_percentile: float, top_quantile: float) -> dict[str, torch.Tensor]:
+    """Histograms [in, N_BINS] (+ zero counts, maxima [in]) -> tau [], active_rate, mean_abs, top_mean [in].
+
+    Inside a bin, values are taken as spread uniformly between its edges, the upper edge capped by the
+    channel's maximum; the per-bin sums are exact, so only the one bin a quantile falls in is estimated.
+    Quantiles follow torch.quantile (linear, 0-based position q * (n - 1)).
+    """
+    device = counts.device
+    counts, sums = counts.double(), sums.double()
+    zeros, max_abs = zeros.double().to(device), max_abs.double().to(device)
+    lo, hi = (edge.to(device) for edge in bin_edges())
+    # Split bin 0 into exact zeros (a point mass) and the rest of [0, 2**MIN_EXP).
+    counts = torch.cat([zeros[:, None], counts[:, :1] - zeros[:, None], counts[:, 1:]], dim=1)
+    sums = torch.cat([torch.zeros_like(zeros)[:, None], sums], dim=1)
+    lo, hi = torch.cat([lo[:1], lo]), torch.cat([lo[:1], hi])
+    hi_channel = torch.minimum(hi[None, :], max_abs[:, None])  # [in, bins]
+    lo_channel = torch.minimum(lo[None, :], hi_channel)
+    channels = counts.shape[0]
+
+    # tau: the layer-wide quantile of every |x_tj|, from the histogram summed over channels.
+    layer_counts = counts.sum(dim=0)
+    position = tau_percentile * (ntokens * channels - 1)
+    cumulative = layer_counts.cumsum(0)
+    b = int(torch.searchsorted(cumulative, torch.tensor([position], dtype=torch.float64, device=device),
+                               right=True).clamp(max=len(cumulative) - 1))
+    if b == 0:
+        tau = torch.zeros((), dtype=torch.float64, device=device)
+    else:
+        below = cumulative[b - 1] if b > 0 else 0.0
+        top = min(float(hi[b]), float(max_abs.max()))
+        fraction = ((position - below + 0.5) / layer_counts[b]).clamp(0.0, 1.0)
+        tau = lo[b] + fraction * (top - lo[b])
+
+    # Active rate p_j = fraction of tokens with |x| > tau: whole bins above tau's bin, plus the share of that bin
+    # above tau (none when tau is the point mass at 0).
+    active = counts[:, b + 1:].sum(dim=1)
+    if b > 0:
+        width = (hi_channel[:, b] - lo_channel[:, b]).clamp(min=1e-300)
+        active = active + counts[:, b] * ((hi_channel[:, b] - tau) / width).clamp(0.0, 1.0)
+    active_rate = active / ntokens
+
+    mean_abs = sums.sum(dim=1) / ntokens
+
+    # mu_top: the mean of the k = n - ceil(q (n - 1)) largest values (those >= torch.quantile's q-quantile).
+    k = ntokens - math.ceil(top_quantile * (ntokens - 1))
+    from_top_counts = counts.flip(1).cumsum(1)
+    from_top_sums = sums.flip(1).cumsum(1)
+    whole = (from_top_counts < k).sum(dim=1, keepdim=True)  # bins entirely inside the top k, from the top
+    taken_counts = torch.where(whole > 0, from_top_counts.gather(1, (whole - 1).clamp(min=0)), 0.0).squeeze(1)
+    taken_sums = torch.where(whole > 0, from_top_sums.gather(1, (whole - 1).clamp(min=0)), 0.0).squeeze(1)
+    partial = (counts.shape[1] - 1 - whole).squeeze(1)  # the bin holding the k-th largest value
+    bin_count = counts.gather(1, partial[:, None]).squeeze(1)
+    bin_mean = sums.gather(1, partial[:, None]).squeeze(1) / bin_count.clamp(min=1)
+    bin_top = hi_channel.gather(1, partial[:, None]).squeeze(1)
+    rest = k - taken_counts
+    # Top r of a bin of n uniform values: mean + (1 - r/n) (upper edge - mean); exact when r = n.
+    rest_mean = bin_mean + (1 - rest / bin_count.clamp(min=1)) * (bin_top - bin_mean).clamp(min=0)
+    top_mean = (taken_sums + rest * rest_mean) / k
+    # When the k-th largest value is an exact zero the quantile is 0 and every token is "at or above" it.
+    top_mean = torch.where(partial == 0, mean_abs, top_mean)
+    return {"tau": tau.float(), "active_rate": active_rate.float(), "mean_abs": mean_abs.float(),
+            "top_mean": top_mean.float()}

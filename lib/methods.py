@@ -101,3 +101,4 @@ register(Method("wanda", (WrappedGPT,), score=wanda_score, supports_variant=True
 import lib.sparsegpt  # noqa: E402,F401
 import lib.ablate  # noqa: E402,F401
 import lib.neuronrank  # noqa: E402,F401
+import lib.selectivity  # noqa: E402,F401
