@@ -1,0 +1,108 @@
+"""Shared fixtures: tiny in-process models of each family, a tokenizer built in-process, fabricated data.
+
+Run: .venv/bin/python -m pytest -q tests
+Nothing here downloads anything; the hub is switched off for the whole session.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Tiny models gain nothing from threads, and CI machines have 2 cores: avoid oversubscription.
+torch.set_num_threads(1)
+
+ARCHS = ("llama", "opt", "neox")
+WORDS = ("the cat dog sat on mat a big red blue run ran fast slow tree house river stone light dark "
+         "king queen moon sun star sky sea land fire water").split()
+
+
+def make_tiny_model(arch: str, vocab_size: int = 128, seed: int = 0):
+    """A 2-layer model of one family with widths divisible by 8, in eval mode."""
+    from transformers import (GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, OPTConfig,
+                              OPTForCausalLM)
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
+                                             max_position_embeddings=256))
+    elif arch == "opt":
+        model = OPTForCausalLM(OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                                         vocab_size=vocab_size, word_embed_proj_dim=64, max_position_embeddings=256))
+    elif arch == "neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=4, vocab_size=vocab_size,
+                                                 max_position_embeddings=256))
+    else:
+        raise ValueError(arch)
+    return model.eval()
+
+
+def fabricate_text(n_words: int, seed: int) -> str:
+    """Deterministic pseudo-sentences over a small vocabulary."""
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+
+
+def make_tokenizer():
+    """A small word-level tokenizer (vocab < 128) built in-process, wrapped for transformers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<eos>": 1, "\n": 2, "=": 3, ".": 4, ",": 5}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"),
+                                                 pre_tokenizers.WhitespaceSplit()])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+
+
+@pytest.fixture
+def tiny_model():
+    """Factory: tiny_model('llama' | 'opt' | 'neox') -> fresh model (pruning mutates it)."""
+    return make_tiny_model
+
+
+@pytest.fixture
+def calib_ids():
+    """Calibration ids [8, 32] drawn with a fixed seed."""
+    return torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A folder laid out like ../shared/data with fabricated WikiText-2 and C4 files."""
+    root = tmp_path / "data"
+    wiki = root / "wikitext-2-raw"
+    wiki.mkdir(parents=True)
+    for split, seed in (("test", 1), ("valid", 2), ("train", 3)):
+        lines = [" \n", " = Title = \n", " \n"] + [f" {fabricate_text(40, seed * 100 + i)} . \n" for i in range(60)]
+        (wiki / f"wiki.{split}.raw").write_text("".join(lines))
+    (root / "c4").mkdir()
+    with gzip.open(root / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz", "wt") as handle:
+        for i in range(30):
+            handle.write(json.dumps({"text": fabricate_text(20 + 10 * i, 1000 + i), "url": f"u{i}"}) + "\n")
+    return root
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path):
+    """Factory: a saved tiny model + tokenizer folder that main.py can load by path."""
+    def build(arch: str = "llama") -> Path:
+        folder = tmp_path / f"tiny-{arch}"
+        make_tiny_model(arch).save_pretrained(folder)
+        make_tokenizer().save_pretrained(folder)
+        return folder
+    return build
