@@ -25,8 +25,8 @@ from lib.data import CALIB_DATASETS, get_calibration, get_wikitext2_test_ids, lo
     resolve_data_dir
 from lib.eval import eval_ppl
 from lib.methods import METHODS
-from lib.models import DEFAULT_MODEL, load_config, load_model, max_sequence_length, resolve_model
-from lib.prune import prune_model
+from lib.models import DEFAULT_MODEL, find_decoder_layers, load_config, load_model, max_sequence_length, resolve_model
+from lib.prune import check_widths, prune_model
 from lib.sparsity import check_sparsity
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -137,6 +137,18 @@ def choose_seqlen(requested: int | None, model_max: int | None) -> int:
     return requested
 
 
+def check_structure(model_config, config: PruneConfig) -> None:
+    """Build the model on the meta device (no weights, no memory) to check layer widths against N:M."""
+    if not config.prune_m:
+        return
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(model_config)
+    check_widths(find_decoder_layers(skeleton), config)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write text to path via a temporary file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,8 +198,9 @@ def run(args: argparse.Namespace) -> dict:
     check_args(args)
     resolve_model(args.model, args.cache_dir)
     data_dir = resolve_data_dir(args.data_dir)
-    model_max = max_sequence_length(load_config(args.model, args.cache_dir))
-    seqlen = choose_seqlen(args.seqlen, model_max)
+    model_config = load_config(args.model, args.cache_dir)
+    seqlen = choose_seqlen(args.seqlen, max_sequence_length(model_config))
+    check_structure(model_config, config)
     tasks = None
     if args.eval_zero_shot:
         from lib.zeroshot import DEFAULT_TASKS

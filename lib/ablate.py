@@ -14,7 +14,7 @@ import torch
 from lib.config import PruneConfig
 from lib.layerwrapper import HessianCollector, WrappedGPT
 from lib.methods import Method, magnitude_score, register, wanda_score
-from lib.sparsegpt import sparsegpt_reconstruct
+from lib.sparsegpt import check_blocksize, sparsegpt_reconstruct
 from lib.sparsity import make_mask
 
 
@@ -42,6 +42,6 @@ def _ablate(W: torch.Tensor, stats: dict, config: PruneConfig, use_wanda: bool, 
 for _name, _wanda, _iter in [("ablate_mag_seq", False, False), ("ablate_wanda_seq", True, False),
                              ("ablate_mag_iter", False, True), ("ablate_wanda_iter", True, True)]:
     register(Method(_name, (HessianCollector, WrappedGPT) if _wanda else (HessianCollector,),
-                    update=partial(_ablate, use_wanda=_wanda, iterative=_iter),
+                    update=partial(_ablate, use_wanda=_wanda, iterative=_iter), check=check_blocksize,
                     help=f"SparseGPT reconstruction, {'wanda' if _wanda else 'magnitude'} mask "
                          f"{'re-chosen per block' if _iter else 'fixed'}"))

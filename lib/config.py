@@ -70,8 +70,6 @@ class PruneConfig:
         if m and abs(n / m - self.sparsity_ratio) > 1e-9:
             raise ConfigError(f"sparsity_type {self.sparsity_type} prunes {n}/{m} = {n / m:g} of the weights but "
                               f"sparsity_ratio is {self.sparsity_ratio}; pass --sparsity_ratio {n / m:g} or omit it")
-        if m and self.blocksize % m:
-            raise ConfigError(f"blocksize {self.blocksize} must be a multiple of M={m} for {self.sparsity_type}")
         for name in ("nsamples", "blocksize"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be a positive integer")

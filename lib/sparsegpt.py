@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from lib.config import PruneConfig
+from lib.config import ConfigError, PruneConfig
 from lib.layerwrapper import HessianCollector
 from lib.sparsity import make_mask
 
@@ -82,7 +82,14 @@ def sparsegpt_update(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch
                                  config.blocksize, config.percdamp)
 
 
+def check_blocksize(config: PruneConfig) -> None:
+    """N:M groups must not straddle a block boundary."""
+    if config.prune_m and config.blocksize % config.prune_m:
+        raise ConfigError(f"blocksize {config.blocksize} must be a multiple of M={config.prune_m} "
+                          f"for {config.sparsity_type}")
+
+
 from lib.methods import Method, register  # noqa: E402  (methods imports this module at its end)
 
-register(Method("sparsegpt", (HessianCollector,), update=sparsegpt_update,
+register(Method("sparsegpt", (HessianCollector,), update=sparsegpt_update, check=check_blocksize,
                 help="OBS reconstruction, mask chosen per 128-column block"))
