@@ -18,6 +18,7 @@ import torch
 
 from lib.config import ConfigError, PruneConfig
 from lib.layerwrapper import Collector, WrappedGPT
+from lib.structured import neuron_pruner
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,8 @@ def wanda_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tens
 
 register(Method("magnitude", (), score=magnitude_score, group="layer",
                 help="|W|, compared over the whole layer"))
-register(Method("wanda", (WrappedGPT,), score=wanda_score, supports_variant=True,
-                help="|W| * ||X||, compared per output row"))
+register(Method("wanda", (WrappedGPT,), score=wanda_score, supports_variant=True, **neuron_pruner(wanda_score),
+                help="|W| * ||X||, compared per output row; or MLP neurons by ||X_j|| * ||W_down[:, j]||"))
 
 # Modules below register more methods on import.
 import lib.sparsegpt  # noqa: E402,F401

@@ -14,6 +14,7 @@ import torch
 from lib.config import PruneConfig
 from lib.layerwrapper import WrappedGPTSelectivity, inverse_document_frequency, spikiness
 from lib.methods import Method, register, wanda_score
+from lib.structured import neuron_pruner
 
 
 def idf_factor(stats: dict, config: PruneConfig) -> torch.Tensor:
@@ -68,4 +69,4 @@ for _name, _score, _help in [
     ("wanda_select", wanda_select_score, "|W| * ||X|| * IDF * R"),
 ]:
     register(Method(_name, (WrappedGPTSelectivity,), score=_score, supports_variant=True, summarize=summarize,
-                    help=_help))
+                    help=_help, **neuron_pruner(_score)))

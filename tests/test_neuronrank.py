@@ -12,15 +12,16 @@ from torch import nn
 
 from lib.config import ConfigError, PruneConfig
 from lib.layerwrapper import WrappedGPT
-from lib.methods import wanda_score
+from lib.methods import METHODS, wanda_score
 from lib.models import find_decoder_layers, find_linears
-from lib.neuronrank import (NeuronRankCollector, find_mlp, neuronrank_score, prune_neurons,
-                            score_channel_importance, top_token_classes)
+from lib.neuronrank import NeuronRankCollector, neuronrank_score, top_token_classes
+from lib.structured import find_mlp, prune_neurons, score_channel_importance
 from lib.prune import prune_model
 from lib.sparsity import check_sparsity, make_mask
 
 VOCAB = 128
 NR_METHODS = ["neuronrank", "neuronrank_fisher"]
+NEURON_METHODS = sorted(name for name, method in METHODS.items() if method.prune_layer is not None)
 
 
 def tiny_model(arch: str, kv_heads: int = 2) -> nn.Module:
@@ -251,6 +252,31 @@ def test_shrunk_model_reloads_smaller_with_the_masked_models_logits(method, arch
         torch.testing.assert_close(reloaded(ids).logits, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+@pytest.mark.parametrize("method", NEURON_METHODS)
+def test_every_neuron_method_shrinks_to_its_masked_model(method, arch):
+    masked, shrunk = tiny_model(arch), tiny_model(arch)
+    common = dict(prune_method=method, nsamples=4, sparsity_ratio=0.25, nr_granularity="neuron")
+    masked_report = prune_model(masked, calib_ids(), PruneConfig(**common))
+    shrunk_report = prune_model(shrunk, calib_ids(), PruneConfig(**common, shrink=True))
+    assert shrunk_report.layer_sparsity == pytest.approx(masked_report.layer_sparsity)
+    for layer in find_decoder_layers(masked):
+        ups, down = find_mlp(find_linears(layer))
+        assert (find_linears(layer)[down].weight == 0).all(0).sum().item() == 32
+    ids = calib_ids()[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(shrunk(ids).logits, masked(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_wanda_neurons_are_neuronrank_with_exponent_zero():
+    by_wanda, by_neuronrank = tiny_model("llama"), tiny_model("llama")
+    common = dict(nsamples=4, sparsity_ratio=0.25, nr_granularity="neuron")
+    prune_model(by_wanda, calib_ids(), PruneConfig(prune_method="wanda", **common))
+    prune_model(by_neuronrank, calib_ids(), PruneConfig(prune_method="neuronrank", nr_exp=0.0, **common))
+    for a, b in zip(by_wanda.parameters(), by_neuronrank.parameters()):
+        assert torch.equal(a == 0, b == 0)
+
+
 def test_shrink_does_not_touch_the_model_it_was_copied_from():
     model = tiny_model("llama")
     original = copy.deepcopy(model)
@@ -264,7 +290,7 @@ def test_shrink_does_not_touch_the_model_it_was_copied_from():
     (dict(prune_method="neuronrank_fisher", neuronrank_max_classes=0), "--neuronrank-max-classes is 0"),
     (dict(prune_method="neuronrank", nr_granularity="neuron", sparsity_type="2:4"), "sparsity_type 2:4"),
     (dict(prune_method="neuronrank", nr_granularity="neuron", use_variant=True), "drop --use_variant"),
-    (dict(prune_method="wanda", nr_granularity="neuron"), "not 'wanda'"),
+    (dict(prune_method="magnitude", nr_granularity="neuron"), "not 'magnitude'"),
     (dict(prune_method="neuronrank", shrink=True), "--shrink"),
     (dict(prune_method="neuronrank", nr_exp=-1.0), "nr_exp -1.0"),
 ])
