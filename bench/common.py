@@ -1,0 +1,49 @@
+"""Shared benchmark plumbing: prune once per fresh subprocess so each method's peak RSS is its own.
+
+Not run directly; see bench_methods.py, bench_selectivity.py, bench_neuronrank.py.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lib.config import PruneConfig, parse_sparsity_type  # noqa: E402
+from lib.data import get_calibration, resolve_data_dir  # noqa: E402
+from lib.models import load_model  # noqa: E402
+from lib.prune import prune_model  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prune_once(model_name: str, method: str, nsamples: int, seqlen: int, seed: int, sparsity_type: str,
+               ratio: float | None = None, **overrides) -> dict:
+    """Load, draw calibration, prune once in this process; -> seconds of prune_model and RSS before/after."""
+    model, tokenizer = load_model(model_name, dtype=torch.float32)
+    calib = get_calibration("c4", tokenizer, nsamples, seed, seqlen, resolve_data_dir(None))
+    loaded = peak_rss_mb()
+    n, m = parse_sparsity_type(sparsity_type)
+    config = PruneConfig(prune_method=method, sparsity_ratio=ratio if ratio is not None else (n / m if m else 0.5),
+                         sparsity_type=sparsity_type, nsamples=nsamples, seed=seed, **overrides)
+    start = time.perf_counter()
+    prune_model(model, calib, config)
+    return {"method": method, "seconds": time.perf_counter() - start, "rss_loaded_mb": loaded,
+            "rss_peak_mb": peak_rss_mb()}
+
+
+def run_child(script: str, argv: list[str]) -> dict:
+    """Run `script --child argv...` in a fresh interpreter; its last stdout line is a JSON result."""
+    out = subprocess.run([sys.executable, script, "--child", *argv], check=True, capture_output=True, text=True,
+                         cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
