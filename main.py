@@ -242,6 +242,9 @@ def run(args: argparse.Namespace) -> dict:
     report = prune_model(model, calib_ids, config, record_stats=args.save_stats)
     seconds["prune"] = time.time() - t
     sparsity, per_layer = check_sparsity(model)
+    if config.shrink:
+        # Dropped neurons are gone from the weights, so count them against the original sizes instead.
+        sparsity, per_layer = report.sparsity, report.layer_sparsity
     print(f"pruned with {config.prune_method} ({config.sparsity_type}, ratio {config.sparsity_ratio}) in "
           f"{seconds['prune']:.1f}s; measured sparsity {sparsity:.4f}")
 
@@ -255,7 +258,8 @@ def run(args: argparse.Namespace) -> dict:
         "sparsity_ratio": config.sparsity_ratio, "measured_sparsity": sparsity, "layer_sparsity": per_layer,
         "ppl_dense": ppl_dense, "ppl_pruned": ppl_pruned, "eval_split": args.eval_split,
         "calib_dataset": args.calib_dataset, "seed": config.seed, "nsamples": config.nsamples, "seqlen": seqlen,
-        "eval_limit": args.eval_limit, "config": config.to_dict(),
+        "eval_limit": args.eval_limit, "parameters": sum(p.numel() for p in model.parameters()),
+        "config": config.to_dict(),
     }
     if tasks:
         from lib.zeroshot import eval_zero_shot, format_zero_shot_table
