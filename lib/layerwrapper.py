@@ -108,7 +108,7 @@ def spikiness(top_mean: torch.Tensor, mean_abs: torch.Tensor, clip_max: float, e
 class WrappedGPTSelectivity(WrappedGPT):
     """Wanda's scaler_row plus the selectivity statistics of SELECTIVITY.md, from per-channel histograms of |x|.
 
-    State per input channel: N_BINS exact counts, N_BINS exact sums of |x| (float64), the zero count and the
+    State per input channel: N_BINS exact counts, N_BINS sums of |x| (float32), the zero count and the
     running max: about 970 numbers, whatever the number of calibration tokens. All of it is sums, counts and
     maxima, so the result does not depend on how tokens were batched.
     Publishes scaler_row, tau (layer-wide), active_rate (p), mean_abs (mu), top_mean (mu_top), idf, spikiness
@@ -117,8 +117,8 @@ class WrappedGPTSelectivity(WrappedGPT):
 
     def __init__(self, in_features: int, config: PruneConfig) -> None:
         super().__init__(in_features, config)
-        self.counts: torch.Tensor | None = None  # [in, N_BINS] int64, allocated on the first batch
-        self.sums: torch.Tensor | None = None  # [in, N_BINS] float64
+        self.counts: torch.Tensor | None = None  # [in * N_BINS] int32, allocated on the first batch
+        self.sums: torch.Tensor | None = None  # [in * N_BINS] float32
         self.zeros = torch.zeros(in_features, dtype=torch.int64)
         self.max_abs = torch.zeros(in_features, dtype=torch.float32)
         self.ntokens = 0
@@ -128,8 +128,8 @@ class WrappedGPTSelectivity(WrappedGPT):
         device, channels = rows.device, self.in_features
         if self.counts is None:
             # Lazily: linears that alias another's input (k, v, up) never receive a batch and cost nothing.
-            self.counts = torch.zeros(channels * N_BINS, dtype=torch.int64, device=device)
-            self.sums = torch.zeros(channels * N_BINS, dtype=torch.float64, device=device)
+            self.counts = torch.zeros(channels * N_BINS, dtype=torch.int32, device=device)
+            self.sums = torch.zeros(channels * N_BINS, dtype=torch.float32, device=device)
             base = torch.arange(channels, dtype=torch.int32, device=device) * N_BINS
             self._shift, self._first, self._last = base - _BIN_OFFSET, base, base + N_BINS - 1
         self.sum_sq = self.sum_sq.to(device)
@@ -138,9 +138,11 @@ class WrappedGPTSelectivity(WrappedGPT):
         absx = rows.abs()
         # Flat bin index channel * N_BINS + k, straight from the float bits (no log, no search).
         flat = torch.bitwise_right_shift(absx.view(torch.int32), _BIT_SHIFT).add_(self._shift)
-        flat = torch.clamp(flat, self._first, self._last).view(-1)
-        self.counts += torch.bincount(flat, minlength=channels * N_BINS)
-        self.sums += torch.bincount(flat, weights=absx.view(-1), minlength=channels * N_BINS)
+        flat = torch.clamp(flat, self._first, self._last).view(-1).long()
+        # Scatter straight into the state: a bincount per batch would allocate and add [in * N_BINS] each time,
+        # as many numbers as the batch has. float32 sums suffice: a bin's values lie within 6.25% of each other.
+        self.counts.scatter_add_(0, flat, torch.ones(1, dtype=torch.int32, device=device).expand(flat.numel()))
+        self.sums.scatter_add_(0, flat, absx.view(-1))
         self.zeros = self.zeros.to(device) + (absx.shape[0] - torch.count_nonzero(absx, dim=0))
         self.max_abs = torch.maximum(self.max_abs.to(device), absx.amax(dim=0))
         self.ntokens += absx.shape[0]
@@ -187,9 +189,8 @@ def selectivity_from_histogram(counts: torch.Tensor, sums: torch.Tensor, zeros: 
     if b == 0:
         tau = torch.zeros((), dtype=torch.float64, device=device)
     else:
-        below = cumulative[b - 1] if b > 0 else 0.0
         top = min(float(hi[b]), float(max_abs.max()))
-        fraction = ((position - below + 0.5) / layer_counts[b]).clamp(0.0, 1.0)
+        fraction = ((position - cumulative[b - 1] + 0.5) / layer_counts[b]).clamp(0.0, 1.0)
         tau = lo[b] + fraction * (top - lo[b])
 
     # Active rate p_j = fraction of tokens with |x| > tau: whole bins above tau's bin, plus the share of that bin
