@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seqlen", type=int, default=None,
                    help="tokens per calibration/evaluation window (default min(2048, model maximum))")
     g.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    g.add_argument("--calib_batch_size", type=int, default=0,
+                   help="calibration sequences per layer call (default 0: as many as fit 8192 tokens; lower it "
+                        "if a layer's activations run out of memory; results are the same)")
     g.add_argument("--calib_dataset", default="c4", help=f"one of {list(CALIB_DATASETS)} (default c4)")
     g.add_argument("--blocksize", type=int, default=128, help="SparseGPT block size")
     g.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT dampening, fraction of mean diag(H)")
@@ -104,7 +107,7 @@ def make_config(args: argparse.Namespace) -> PruneConfig:
         ratio = n / m if m else 0.5
     return PruneConfig(
         prune_method=args.prune_method, sparsity_ratio=ratio, sparsity_type=args.sparsity_type,
-        nsamples=args.nsamples, seed=args.seed, use_variant=args.use_variant, blocksize=args.blocksize,
+        nsamples=args.nsamples, calib_batch_size=args.calib_batch_size, seed=args.seed, use_variant=args.use_variant, blocksize=args.blocksize,
         percdamp=args.percdamp, sel_tau_percentile=args.sel_tau_percentile, sel_top_quantile=args.sel_top_quantile,
         sel_idf_clip_max=args.sel_idf_clip_max, sel_spiky_clip_max=args.sel_spiky_clip_max,
         sel_idf_exp=args.sel_idf_exp, sel_spiky_exp=args.sel_spiky_exp,

@@ -40,6 +40,8 @@ class PruneConfig:
     sparsity_ratio: float = 0.5
     sparsity_type: str = "unstructured"
     nsamples: int = 128
+    # Calibration sequences per decoder-layer call; 0 = as many as fit 8192 tokens. Results do not depend on it.
+    calib_batch_size: int = 0
     seed: int = 0
     use_variant: bool = False
     # SparseGPT / ablation reconstruction (Frantar & Alistarh 2023).
@@ -73,6 +75,8 @@ class PruneConfig:
         for name in ("nsamples", "blocksize"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be a positive integer")
+        if self.calib_batch_size < 0:
+            raise ConfigError(f"calib_batch_size {self.calib_batch_size} must be >= 0 (0 = automatic)")
         if not 0.0 <= self.percdamp:
             raise ConfigError(f"percdamp {self.percdamp} must be >= 0")
         for name in ("sel_tau_percentile", "sel_top_quantile"):

@@ -26,6 +26,10 @@ from lib.sparsity import make_mask, make_variant_mask
 logger = logging.getLogger(__name__)
 
 
+# Tokens per layer call when --calib_batch_size is 0 (auto): 16 sequences of 512, 4 of 2048.
+CALIB_TOKENS_PER_BATCH = 8192
+
+
 class _StopForward(Exception):
     """Raised by the capture hook to stop the model's forward after the first decoder layer's inputs."""
 
@@ -168,6 +172,9 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
     needs_data = bool(method.collectors)
     if needs_data:
         inps, kwargs = capture_layer_inputs(model, layers, calib_ids)
+    # Several sequences per layer call: on CPU this is ~5x faster than Wanda's one at a time, and collectors
+    # are batch-split invariant, so the statistics are the same.
+    batch = config.calib_batch_size or max(1, CALIB_TOKENS_PER_BATCH // max(calib_ids.shape[1], 1))
     context = method.prepare(calib_ids, config) if method.prepare is not None else {}
     progress = tqdm(range(len(layers)), desc="pruning")
     for i in progress:
@@ -181,9 +188,9 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
             inps, kwargs = inps.to(device), to_device(kwargs, device)
             token_ids: list = [None]
             with collect_inputs(linears, method, config, token_ids, context) as (collectors, aliases, seen):
-                for j in range(inps.shape[0]):
-                    token_ids[0] = calib_ids[j:j + 1].to(device)
-                    layer(inps[j:j + 1], **kwargs)
+                for j in range(0, inps.shape[0], batch):
+                    token_ids[0] = calib_ids[j:j + batch].to(device)
+                    layer(inps[j:j + batch], **kwargs)
                     seen.clear()
             finalized = {name: {} for name in collectors if name not in aliases}
             for name in finalized:
@@ -201,7 +208,7 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
             for name in linears:
                 report.layer_stats[f"layers.{i}.{name}"] = method.summarize(stats[name])
         if needs_data:
-            inps = torch.cat([hidden_of(layer(inps[j:j + 1], **kwargs)) for j in range(inps.shape[0])])
+            inps = torch.cat([hidden_of(layer(inps[j:j + batch], **kwargs)) for j in range(0, inps.shape[0], batch)])
         zeros = sum((lin.weight == 0).sum().item() for lin in find_linears(layer).values())
         remaining = sum(lin.weight.numel() for lin in find_linears(layer).values())
         report.layer_sparsity.append((zeros + original - remaining) / original)

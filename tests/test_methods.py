@@ -238,3 +238,16 @@ def test_variant_runs_and_hits_target(tiny_model, calib_ids, method):
     config = PruneConfig(prune_method=method, sparsity_ratio=0.5, use_variant=True, nsamples=4)
     prune_model(model, calib_ids, config)
     row_zero_counts_ok(model, method, config)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_calibration_batch_size_does_not_change_the_result(tiny_model, calib_ids, arch, method):
+    masks = []
+    for batch in (1, 3, 0):
+        model = tiny_model(arch)
+        prune_model(model, calib_ids, PruneConfig(prune_method=method, sparsity_ratio=0.5, nsamples=8,
+                                                  calib_batch_size=batch))
+        masks.append([p == 0 for p in model.parameters()])
+    for other in masks[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(masks[0], other))
