@@ -1,67 +1,59 @@
 """Cost of the selectivity statistics, measured side by side in one run (a benchmark, not a test).
 
-    WANDA_DATA_DIR=../shared/data python bench/bench_selectivity.py [--model smollm2-135m] [--nsamples 32] \
-        [--seqlen 512] [--rounds 1] [--sparsity_type unstructured]
+    WANDA_DATA_DIR=../shared/data .venv/bin/python bench/bench_selectivity.py [--model smollm2-135m] [--nsamples 32] \
+        [--seqlen 512] [--rounds 1] [--threads N] [--sparsity_type unstructured]
 
 Pruning (calibration pass + scoring + masking, everything prune_model does) of wanda, wanda_idf, wanda_spiky and
-wanda_select at 50%, each in a fresh subprocess so peak RSS is that method's own; wall seconds and peak RSS as
-ratios to wanda. With --rounds R > 1 the methods run R times in rotated order and the table shows medians,
-which damps the noise of a shared machine. Then the collectors alone on one layer's real input shapes
-(add_batch over every calibration sequence, same process, alternated) to show where the time goes.
+wanda_select at 50%, each in a fresh subprocess so peak RSS is that method's own: wall seconds, CPU seconds
+(user + system of the process during prune_model) and peak RSS, as ratios to wanda. With --rounds R > 1 the
+methods run R times in rotated order and the table shows medians. --threads sets torch's thread count in the
+children (default: torch's own); on a machine shared with other jobs, 1 thread avoids oversubscribed thread
+pools, whose barrier waits hit the collector's many small element-wise ops far harder than wanda's two.
+Then the collectors alone on one layer's real input shapes (same process, alternated) to show where time goes.
 Targets (issue 3): time <= 1.10 x wanda, peak memory <= 1.10 x wanda.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from lib.config import PruneConfig  # noqa: E402
-from lib.data import get_calibration, resolve_data_dir  # noqa: E402
-from lib.layerwrapper import WrappedGPT, WrappedGPTSelectivity  # noqa: E402
-from lib.models import load_model  # noqa: E402
-from lib.prune import prune_model  # noqa: E402
+from common import peak_rss_mb, run_child  # noqa: E402  (bench/ is on sys.path when run)
+from lib.config import PruneConfig, parse_sparsity_type
+from lib.data import get_calibration, resolve_data_dir
+from lib.layerwrapper import WrappedGPT, WrappedGPTSelectivity
+from lib.models import load_model
+from lib.prune import prune_model
 
 METHODS = ("wanda", "wanda_idf", "wanda_spiky", "wanda_select")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def child_prune(args: argparse.Namespace) -> dict:
     """Load the model and the quick protocol's calibration ids, prune once with one method; seconds and RSS."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype=torch.float32)
     calib = get_calibration("c4", tokenizer, args.nsamples, args.seed, args.seqlen, resolve_data_dir(None))
-    before = peak_rss_mb()
-    n, m = (0, 0) if args.sparsity_type == "unstructured" else map(int, args.sparsity_type.split(":"))
+    n, m = parse_sparsity_type(args.sparsity_type)
     config = PruneConfig(prune_method=args.method, sparsity_ratio=n / m if m else 0.5,
                          sparsity_type=args.sparsity_type, nsamples=args.nsamples, seed=args.seed)
-    start = time.perf_counter()
+    loaded, cpu, start = peak_rss_mb(), cpu_seconds(), time.perf_counter()
     prune_model(model, calib, config)
-    return {"method": args.method, "seconds": time.perf_counter() - start, "rss_loaded_mb": before,
-            "rss_peak_mb": peak_rss_mb()}
-
-
-def run_child(args: argparse.Namespace, method: str) -> dict:
-    """Run this script as a fresh subprocess in child mode; its last stdout line is a JSON result."""
-    cmd = [sys.executable, __file__, "--model", args.model, "--nsamples", str(args.nsamples), "--seqlen",
-           str(args.seqlen), "--seed", str(args.seed), "--sparsity_type", args.sparsity_type, "--child",
-           "--method", method]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {"method": args.method, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu,
+            "rss_loaded_mb": loaded, "rss_peak_mb": peak_rss_mb(), "threads": torch.get_num_threads()}
 
 
 def collector_seconds(channels: int, tokens: int, nsamples: int, cls: type) -> float:
@@ -84,34 +76,42 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sparsity_type", default="unstructured")
     p.add_argument("--rounds", type=int, default=1, help="runs per method, rotated order; medians reported")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the children (0: torch's default)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", default="wanda", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child_prune(args)))
         return
+    protocol = ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--seed",
+                str(args.seed), "--sparsity_type", args.sparsity_type, "--threads", str(args.threads)]
 
-    print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}, 50% "
-          f"{args.sparsity_type}, rounds {args.rounds}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
     runs: dict[str, list[dict]] = {m: [] for m in METHODS}
     for r in range(args.rounds):
         for method in METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]:
-            runs[method].append(run_child(args, method))
+            runs[method].append(run_child(__file__, protocol + ["--method", method]))
             print(f"  round {r + 1}/{args.rounds} {method}: {runs[method][-1]['seconds']:.1f}s", file=sys.stderr)
-    rows = {m: {k: statistics.median(run[k] for run in rs) for k in ("seconds", "rss_peak_mb", "rss_loaded_mb")}
-            for m, rs in runs.items()}
+    threads = runs["wanda"][0]["threads"]
+    print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}, 50% "
+          f"{args.sparsity_type}, rounds {args.rounds}; torch {torch.__version__}, {threads} thread(s) in the "
+          f"children, {platform.machine()}, load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    keys = ("seconds", "cpu_seconds", "rss_peak_mb", "rss_loaded_mb")
+    rows = {m: {k: statistics.median(run[k] for run in rs) for k in keys} for m, rs in runs.items()}
     base = rows["wanda"]
     print("\n## prune_model, one fresh process per method (medians over rounds)")
-    print(f"{'method':<14}{'seconds':>9}{'x wanda':>9}{'peak RSS MiB':>14}{'x wanda':>9}{'above load MiB':>16}")
+    print(f"{'method':<14}{'wall s':>8}{'x wanda':>9}{'CPU s':>8}{'x wanda':>9}{'peak RSS MiB':>14}{'x wanda':>9}"
+          f"{'above load MiB':>16}")
     for m, r in rows.items():
-        print(f"{m:<14}{r['seconds']:>9.1f}{r['seconds'] / base['seconds']:>9.3f}{r['rss_peak_mb']:>14.0f}"
+        print(f"{m:<14}{r['seconds']:>8.1f}{r['seconds'] / base['seconds']:>9.3f}{r['cpu_seconds']:>8.1f}"
+              f"{r['cpu_seconds'] / base['cpu_seconds']:>9.3f}{r['rss_peak_mb']:>14.0f}"
               f"{r['rss_peak_mb'] / base['rss_peak_mb']:>9.3f}{r['rss_peak_mb'] - r['rss_loaded_mb']:>16.0f}")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model_config = load_model(args.model, dtype=torch.float32)[0].config
     hidden, mlp = model_config.hidden_size, model_config.intermediate_size
     print(f"\n## collectors alone, one layer's inputs ({args.nsamples} x [1, {args.seqlen}, in]), alternated, "
-          "median of 3")
+          f"median of 3, {torch.get_num_threads()} thread(s)")
     print(f"{'input':<24}{'WrappedGPT s':>14}{'Selectivity s':>15}{'extra s':>9}")
     for name, channels in (("attention (hidden)", hidden), ("down_proj (mlp)", mlp)):
         times = {WrappedGPT: [], WrappedGPTSelectivity: []}

@@ -74,8 +74,8 @@ class HessianCollector(Collector):
 # Selectivity histogram bins (SELECTIVITY.md, "Streaming statistics"). Bin k of a channel's histogram is read
 # straight from the float32 bit pattern of |x|: the exponent and the top SUB_BITS mantissa bits, so bins are
 # 2**-SUB_BITS of an octave wide (3.1% to 6.25% relative width) from 2**MIN_EXP to 2**MAX_EXP. Bin 0 holds
-# |x| < 2**MIN_EXP (exact zeros are counted apart, so a ReLU's zeros stay a point mass at 0) and the last bin
-# everything >= 2**MAX_EXP (its upper edge is the channel's running maximum).
+# |x| < 2**MIN_EXP and is treated as a point mass at 0 (so a ReLU's exact zeros stay zeros); the last bin holds
+# everything >= 2**MAX_EXP, its upper edge being the channel's running maximum.
 SUB_BITS = 4
 MIN_EXP = -16
 MAX_EXP = 14
@@ -108,9 +108,8 @@ def spikiness(top_mean: torch.Tensor, mean_abs: torch.Tensor, clip_max: float, e
 class WrappedGPTSelectivity(WrappedGPT):
     """Wanda's scaler_row plus the selectivity statistics of SELECTIVITY.md, from per-channel histograms of |x|.
 
-    State per input channel: N_BINS exact counts, N_BINS sums of |x| (float32), the zero count and the
-    running max: about 970 numbers, whatever the number of calibration tokens. All of it is sums, counts and
-    maxima, so the result does not depend on how tokens were batched.
+    State per input channel: N_BINS exact counts, and the exact Σ|x|, Σx² and max|x|: 485 numbers, whatever
+    the number of calibration tokens. Counts, sums and maxima do not depend on how tokens were batched.
     Publishes scaler_row, tau (layer-wide), active_rate (p), mean_abs (mu), top_mean (mu_top), idf, spikiness
     (R, with this config's clips), all [in] except tau [].
     """
@@ -118,8 +117,7 @@ class WrappedGPTSelectivity(WrappedGPT):
     def __init__(self, in_features: int, config: PruneConfig) -> None:
         super().__init__(in_features, config)
         self.counts: torch.Tensor | None = None  # [in * N_BINS] int32, allocated on the first batch
-        self.sums: torch.Tensor | None = None  # [in * N_BINS] float32
-        self.zeros = torch.zeros(in_features, dtype=torch.int64)
+        self.sum_abs = torch.zeros(in_features, dtype=torch.float64)
         self.max_abs = torch.zeros(in_features, dtype=torch.float32)
         self.ntokens = 0
 
@@ -129,96 +127,102 @@ class WrappedGPTSelectivity(WrappedGPT):
         if self.counts is None:
             # Lazily: linears that alias another's input (k, v, up) never receive a batch and cost nothing.
             self.counts = torch.zeros(channels * N_BINS, dtype=torch.int32, device=device)
-            self.sums = torch.zeros(channels * N_BINS, dtype=torch.float32, device=device)
             base = torch.arange(channels, dtype=torch.int32, device=device) * N_BINS
             self._shift, self._first, self._last = base - _BIN_OFFSET, base, base + N_BINS - 1
-        self.sum_sq = self.sum_sq.to(device)
+            self.sum_sq, self.sum_abs, self.max_abs = (t.to(device) for t in (self.sum_sq, self.sum_abs, self.max_abs))
         self.sum_sq += rows.pow(2).sum(dim=0, dtype=torch.float64)
         self.nsamples += samples
         absx = rows.abs()
-        # Flat bin index channel * N_BINS + k, straight from the float bits (no log, no search).
+        # A batch's float32 column sums are exact enough; the running total is float64.
+        self.sum_abs += absx.sum(dim=0)
+        torch.maximum(self.max_abs, absx.amax(dim=0), out=self.max_abs)
+        # Flat bin index channel * N_BINS + k, straight from the float bits (no log, no search), in place.
         flat = torch.bitwise_right_shift(absx.view(torch.int32), _BIT_SHIFT).add_(self._shift)
-        flat = torch.clamp(flat, self._first, self._last).view(-1).long()
-        # Scatter straight into the state: a bincount per batch would allocate and add [in * N_BINS] each time,
-        # as many numbers as the batch has. float32 sums suffice: a bin's values lie within 6.25% of each other.
-        self.counts.scatter_add_(0, flat, torch.ones(1, dtype=torch.int32, device=device).expand(flat.numel()))
-        self.sums.scatter_add_(0, flat, absx.view(-1))
-        self.zeros = self.zeros.to(device) + (absx.shape[0] - torch.count_nonzero(absx, dim=0))
-        self.max_abs = torch.maximum(self.max_abs.to(device), absx.amax(dim=0))
+        flat = torch.clamp(flat, self._first, self._last, out=flat).view(-1)
+        # Counts only (no per-bin sums): the uniform-in-bin estimate is within 1% of mu_top (tests), and the
+        # second scatter would cost as much as everything else here.
+        self.counts.index_add_(0, flat, torch.ones(1, dtype=torch.int32, device=device).expand(flat.numel()))
         self.ntokens += absx.shape[0]
 
     def finalize(self) -> dict[str, torch.Tensor]:
         stats = super().finalize()
-        cfg, n = self.config, self.ntokens
-        if self.counts is None or n == 0:
+        cfg = self.config
+        if self.counts is None or self.ntokens == 0:
             raise RuntimeError("WrappedGPTSelectivity.finalize() before any add_batch()")
-        stats.update(selectivity_from_histogram(
-            self.counts.view(self.in_features, N_BINS), self.sums.view(self.in_features, N_BINS), self.zeros,
-            self.max_abs, n, cfg.sel_tau_percentile, cfg.sel_top_quantile))
+        stats.update(selectivity_from_histogram(self.counts.view(self.in_features, N_BINS), self.sum_abs,
+                                                self.max_abs, self.ntokens, cfg.sel_tau_percentile,
+                                                cfg.sel_top_quantile))
         stats["idf"] = inverse_document_frequency(stats["active_rate"], cfg.sel_idf_clip_max)
         stats["spikiness"] = spikiness(stats["top_mean"], stats["mean_abs"], cfg.sel_spiky_clip_max)
         return stats
 
 
-def selectivity_from_histogram(counts: torch.Tensor, sums: torch.Tensor, zeros: torch.Tensor, max_abs: torch.Tensor,
-                               ntokens: int, tau_percentile: float, top_quantile: float) -> dict[str, torch.Tensor]:
-    """Histograms [in, N_BINS] (+ zero counts, maxima [in]) -> tau [], active_rate, mean_abs, top_mean [in].
+def selectivity_from_histogram(counts: torch.Tensor, sum_abs: torch.Tensor, max_abs: torch.Tensor, ntokens: int,
+                               tau_percentile: float, top_quantile: float) -> dict[str, torch.Tensor]:
+    """Histograms [in, N_BINS] (int), Σ|x| and max|x| [in] -> tau [], active_rate, mean_abs, top_mean [in].
 
     Inside a bin, values are taken as spread uniformly between its edges, the upper edge capped by the
-    channel's maximum; the per-bin sums are exact, so only the one bin a quantile falls in is estimated.
-    Quantiles follow torch.quantile (linear, 0-based position q * (n - 1)).
+    channel's maximum; bin 0 (|x| < 2**MIN_EXP) is a point mass at 0. Quantiles follow torch.quantile (linear,
+    0-based position q * (n - 1)). Only five passes over [in, N_BINS] (it runs once per linear per layer).
     """
     device = counts.device
-    counts, sums = counts.double(), sums.double()
-    zeros, max_abs = zeros.double().to(device), max_abs.double().to(device)
+    max_abs = max_abs.double().to(device)
     lo, hi = (edge.to(device) for edge in bin_edges())
-    # Split bin 0 into exact zeros (a point mass) and the rest of [0, 2**MIN_EXP).
-    counts = torch.cat([zeros[:, None], counts[:, :1] - zeros[:, None], counts[:, 1:]], dim=1)
-    sums = torch.cat([torch.zeros_like(zeros)[:, None], sums], dim=1)
-    lo, hi = torch.cat([lo[:1], lo]), torch.cat([lo[:1], hi])
-    hi_channel = torch.minimum(hi[None, :], max_abs[:, None])  # [in, bins]
-    lo_channel = torch.minimum(lo[None, :], hi_channel)
-    channels = counts.shape[0]
+    channels, bins = counts.shape
+    rows = torch.arange(channels, device=device)
+    below_or_at = counts.cumsum(1)  # int64 [in, bins]: tokens in bins <= b, exact
+
+    def capped_edges(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edges of bin b[j] of each channel, the upper one capped by the channel's maximum. -> [in], [in]."""
+        top = torch.minimum(hi[b], max_abs)
+        return torch.minimum(lo[b], top), top
 
     # tau: the layer-wide quantile of every |x_tj|, from the histogram summed over channels.
-    layer_counts = counts.sum(dim=0)
-    position = tau_percentile * (ntokens * channels - 1)
+    layer_counts = counts.sum(dim=0, dtype=torch.float64)
     cumulative = layer_counts.cumsum(0)
+    position = tau_percentile * (ntokens * channels - 1)
     b = int(torch.searchsorted(cumulative, torch.tensor([position], dtype=torch.float64, device=device),
-                               right=True).clamp(max=len(cumulative) - 1))
+                               right=True).clamp(max=bins - 1))
+    # Active rate p_j = fraction of tokens with |x| > tau: whole bins above tau's bin, plus the share of that bin
+    # above tau (none when tau is the point mass at 0).
+    active = (ntokens - below_or_at[:, b]).double()
     if b == 0:
         tau = torch.zeros((), dtype=torch.float64, device=device)
     else:
-        top = min(float(hi[b]), float(max_abs.max()))
-        fraction = ((position - cumulative[b - 1] + 0.5) / layer_counts[b]).clamp(0.0, 1.0)
-        tau = lo[b] + fraction * (top - lo[b])
-
-    # Active rate p_j = fraction of tokens with |x| > tau: whole bins above tau's bin, plus the share of that bin
-    # above tau (none when tau is the point mass at 0).
-    active = counts[:, b + 1:].sum(dim=1)
-    if b > 0:
-        width = (hi_channel[:, b] - lo_channel[:, b]).clamp(min=1e-300)
-        active = active + counts[:, b] * ((hi_channel[:, b] - tau) / width).clamp(0.0, 1.0)
+        top = torch.minimum(hi[b], max_abs.max())
+        tau = lo[b] + ((position - cumulative[b - 1] + 0.5) / layer_counts[b]).clamp(0.0, 1.0) * (top - lo[b])
+        bin_lo, bin_hi = capped_edges(torch.full((channels,), b, device=device))
+        share = ((bin_hi - tau) / (bin_hi - bin_lo).clamp(min=1e-300)).clamp(0.0, 1.0)
+        active = active + counts[:, b].double() * share
     active_rate = active / ntokens
+    mean_abs = sum_abs.double().to(device) / ntokens
 
-    mean_abs = sums.sum(dim=1) / ntokens
-
-    # mu_top: the mean of the k = n - ceil(q (n - 1)) largest values (those >= torch.quantile's q-quantile).
+    # mu_top: the mean of the k = n - ceil(q (n - 1)) largest values (those >= torch.quantile's q-quantile):
+    # whole bins above the bin holding the k-th largest value at their midpoints, then the top r of that bin.
     k = ntokens - math.ceil(top_quantile * (ntokens - 1))
-    from_top_counts = counts.flip(1).cumsum(1)
-    from_top_sums = sums.flip(1).cumsum(1)
-    whole = (from_top_counts < k).sum(dim=1, keepdim=True)  # bins entirely inside the top k, from the top
-    taken_counts = torch.where(whole > 0, from_top_counts.gather(1, (whole - 1).clamp(min=0)), 0.0).squeeze(1)
-    taken_sums = torch.where(whole > 0, from_top_sums.gather(1, (whole - 1).clamp(min=0)), 0.0).squeeze(1)
-    partial = (counts.shape[1] - 1 - whole).squeeze(1)  # the bin holding the k-th largest value
-    bin_count = counts.gather(1, partial[:, None]).squeeze(1)
-    bin_mean = sums.gather(1, partial[:, None]).squeeze(1) / bin_count.clamp(min=1)
-    bin_top = hi_channel.gather(1, partial[:, None]).squeeze(1)
+    partial = (below_or_at <= ntokens - k).sum(dim=1)  # [in]: the bin holding the k-th largest value
+    mid = (lo + hi) / 2
+    mid[-1] = lo[-1]  # the open top bin: corrected below through the channel maximum
+    mass_below_or_at = (counts * mid).cumsum(1)  # float64 [in, bins]
+    taken_counts = (ntokens - below_or_at[rows, partial]).double()
+    taken_sums = mass_below_or_at[:, -1] - mass_below_or_at[rows, partial]
+    # The bin holding the maximum spans [lo, max], not [lo, hi].
+    top_bin = _bin_of(max_abs.float()).to(device)
+    top_lo, top_hi = capped_edges(top_bin)
+    top_fix = counts[rows, top_bin] * ((top_lo + top_hi) / 2 - mid[top_bin])
+    taken_sums = taken_sums + torch.where(top_bin > partial, top_fix, 0.0)
+    bin_lo, bin_hi = capped_edges(partial)
+    bin_count = counts[rows, partial].double().clamp(min=1)
     rest = k - taken_counts
-    # Top r of a bin of n uniform values: mean + (1 - r/n) (upper edge - mean); exact when r = n.
-    rest_mean = bin_mean + (1 - rest / bin_count.clamp(min=1)) * (bin_top - bin_mean).clamp(min=0)
-    top_mean = (taken_sums + rest * rest_mean) / k
-    # When the k-th largest value is an exact zero the quantile is 0 and every token is "at or above" it.
+    # Top r of n values spread uniformly over [lo, hi]: mean hi - (r / n) (hi - lo) / 2.
+    top_mean = (taken_sums + rest * (bin_hi - rest / bin_count * (bin_hi - bin_lo) / 2)) / k
+    # When the k-th largest value is (treated as) 0 the quantile is 0 and every token is "at or above" it.
     top_mean = torch.where(partial == 0, mean_abs, top_mean)
     return {"tau": tau.float(), "active_rate": active_rate.float(), "mean_abs": mean_abs.float(),
             "top_mean": top_mean.float()}
+
+
+def _bin_of(values: torch.Tensor) -> torch.Tensor:
+    """Histogram bin index (0 .. N_BINS - 1, int64) of non-negative float32 values, any shape."""
+    bits = torch.bitwise_right_shift(values.contiguous().view(torch.int32), _BIT_SHIFT)
+    return (bits - _BIN_OFFSET).clamp(0, N_BINS - 1).long()
