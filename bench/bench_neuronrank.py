@@ -1,0 +1,140 @@
+"""NeuronRank cost and payoff, measured side by side in one run (a benchmark, not a test).
+
+    WANDA_DATA_DIR=../shared/data python bench/bench_neuronrank.py [--model smollm2-135m] [--nsamples 32] [--seqlen 512]
+
+1. Pruning time and peak RSS of neuronrank and neuronrank_fisher (weight granularity, 50% unstructured)
+   against wanda, each method in a fresh subprocess so peak RSS is that method's own; ratios to wanda.
+2. Neuron granularity with --shrink at 25% and 50%: parameter count and forward-pass tokens per second of the
+   shrunk model against the dense one, timed alternately in the same process (batch 1 x seqlen tokens).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lib.config import PruneConfig  # noqa: E402
+from lib.data import get_calibration, resolve_data_dir  # noqa: E402
+from lib.models import load_model  # noqa: E402
+from lib.prune import prune_model  # noqa: E402
+
+PRUNE_METHODS = ("wanda", "neuronrank", "neuronrank_fisher")
+SHRINK_RATIOS = (0.25, 0.5)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load(args: argparse.Namespace):
+    """-> (model, calibration ids [nsamples, seqlen]) exactly as main.py's quick protocol gets them."""
+    model, tokenizer = load_model(args.model, dtype=torch.float32)
+    calib = get_calibration("c4", tokenizer, args.nsamples, args.seed, args.seqlen, resolve_data_dir(None))
+    # safetensors weights are memory-mapped: touch them all so the loaded RSS includes the model and the
+    # pruning's own memory is what rises above it.
+    sum(p.float().sum().item() for p in model.parameters())
+    return model, calib
+
+
+def child_prune(args: argparse.Namespace) -> dict:
+    """Prune once with one method; seconds and peak RSS before/after."""
+    model, calib = load(args)
+    before = peak_rss_mb()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    prune_model(model, calib, PruneConfig(prune_method=args.method, sparsity_ratio=0.5, nsamples=args.nsamples,
+                                          seed=args.seed))
+    return {"method": args.method, "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start, "rss_loaded_mb": before, "rss_peak_mb": peak_rss_mb()}
+
+
+@torch.no_grad()
+def forward_seconds(model: torch.nn.Module, ids: torch.Tensor) -> float:
+    """Seconds of one forward pass over ids [1, seqlen]."""
+    start = time.perf_counter()
+    model(ids, use_cache=False)
+    return time.perf_counter() - start
+
+
+def child_shrink(args: argparse.Namespace) -> dict:
+    """Prune MLP neurons with shrink; parameters and tokens/s of dense vs shrunk, timed alternately."""
+    model, calib = load(args)
+    dense = copy.deepcopy(model)
+    prune_model(model, calib, PruneConfig(prune_method=args.method, sparsity_ratio=args.ratio, nsamples=args.nsamples,
+                                          seed=args.seed, nr_granularity="neuron", shrink=True))
+    ids = calib[:1]
+    for m in (dense, model):  # warm-up
+        forward_seconds(m, ids)
+    dense_s, shrunk_s = [], []
+    for _ in range(args.repeats):
+        dense_s.append(forward_seconds(dense, ids))
+        shrunk_s.append(forward_seconds(model, ids))
+    return {"ratio": args.ratio, "method": args.method, "intermediate_size": model.config.intermediate_size,
+            "dense_params": sum(p.numel() for p in dense.parameters()),
+            "shrunk_params": sum(p.numel() for p in model.parameters()),
+            "dense_tok_s": ids.numel() / statistics.median(dense_s),
+            "shrunk_tok_s": ids.numel() / statistics.median(shrunk_s)}
+
+
+def run_child(args: argparse.Namespace, *extra: str) -> dict:
+    """Run this script as a fresh subprocess in child mode; its last stdout line is a JSON result."""
+    cmd = [sys.executable, __file__, "--model", args.model, "--nsamples", str(args.nsamples), "--seqlen",
+           str(args.seqlen), "--seed", str(args.seed), "--repeats", str(args.repeats), *extra]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (median)")
+    p.add_argument("--child", choices=["prune", "shrink"], help=argparse.SUPPRESS)
+    p.add_argument("--method", default="neuronrank", help=argparse.SUPPRESS)
+    p.add_argument("--ratio", type=float, default=0.25, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child_prune(args) if args.child == "prune" else child_shrink(args)))
+        return
+
+    print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print("\n## Pruning cost, weight granularity 50% unstructured (one fresh process per method)")
+    print("(wall seconds depend on what else the CPU runs; CPU seconds, all threads, much less)")
+    print(f"{'method':<20}{'wall s':>8}{'x wanda':>9}{'CPU s':>8}{'x wanda':>9}{'peak RSS MiB':>14}{'x wanda':>9}"
+          f"{'above load MiB':>16}")
+    rows = {m: run_child(args, "--child", "prune", "--method", m) for m in PRUNE_METHODS}
+    base = rows["wanda"]
+    for m, r in rows.items():
+        print(f"{m:<20}{r['seconds']:>8.1f}{r['seconds'] / base['seconds']:>9.2f}{r['cpu_seconds']:>8.1f}"
+              f"{r['cpu_seconds'] / base['cpu_seconds']:>9.2f}{r['rss_peak_mb']:>14.0f}"
+              f"{r['rss_peak_mb'] / base['rss_peak_mb']:>9.2f}{r['rss_peak_mb'] - r['rss_loaded_mb']:>16.0f}")
+
+    print(f"\n## Neuron granularity with --shrink (neuronrank): forward pass, batch 1 x {args.seqlen} tokens, "
+          f"median of {args.repeats}, dense and shrunk timed alternately")
+    print(f"{'removed':<9}{'MLP width':>10}{'params':>13}{'x dense':>9}{'dense tok/s':>13}{'shrunk tok/s':>14}"
+          f"{'speed-up':>10}")
+    for ratio in SHRINK_RATIOS:
+        r = run_child(args, "--child", "shrink", "--method", "neuronrank", "--ratio", str(ratio))
+        print(f"{ratio:<9.0%}{r['intermediate_size']:>10}{r['shrunk_params']:>13,}"
+              f"{r['shrunk_params'] / r['dense_params']:>9.3f}{r['dense_tok_s']:>13.0f}{r['shrunk_tok_s']:>14.0f}"
+              f"{r['shrunk_tok_s'] / r['dense_tok_s']:>10.2f}")
+    print(f"(dense: {r['dense_params']:,} parameters)")
+
+
+if __name__ == "__main__":
+    main()
