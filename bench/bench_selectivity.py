@@ -1,7 +1,7 @@
 """Cost of the selectivity statistics, measured side by side in one run (a benchmark, not a test).
 
     WANDA_DATA_DIR=../shared/data .venv/bin/python bench/bench_selectivity.py [--model smollm2-135m] [--nsamples 32] \
-        [--seqlen 512] [--rounds 1] [--threads N] [--sparsity_type unstructured]
+        [--seqlen 512] [--rounds 1] [--threads N] [--malloc_mmap_threshold 131072] [--sparsity_type unstructured]
 
 Pruning (calibration pass + scoring + masking, everything prune_model does) of wanda, wanda_idf, wanda_spiky and
 wanda_select at 50%, each in a fresh subprocess so peak RSS is that method's own: wall seconds, CPU seconds
@@ -9,6 +9,10 @@ wanda_select at 50%, each in a fresh subprocess so peak RSS is that method's own
 methods run R times in rotated order and the table shows medians. --threads sets torch's thread count in the
 children (default: torch's own); on a machine shared with other jobs, 1 thread avoids oversubscribed thread
 pools, whose barrier waits hit the collector's many small element-wise ops far harder than wanda's two.
+--malloc_mmap_threshold (default 131072 bytes; 0 = glibc's default) is set as MALLOC_MMAP_THRESHOLD_ in the
+children: glibc's default threshold moves with the allocation history, so freed layer temporaries stay in the
+heap and peak RSS wandered by +-25% between runs whose collectors were identical (wanda_idf vs wanda_spiky);
+a fixed threshold returns them to the system and peak RSS then measures memory in use.
 Then the collectors alone on one layer's real input shapes (same process, alternated) to show where time goes.
 Targets (issue 3): time <= 1.10 x wanda, peak memory <= 1.10 x wanda.
 """
@@ -77,6 +81,8 @@ def main() -> None:
     p.add_argument("--sparsity_type", default="unstructured")
     p.add_argument("--rounds", type=int, default=1, help="runs per method, rotated order; medians reported")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the children (0: torch's default)")
+    p.add_argument("--malloc_mmap_threshold", type=int, default=131072,
+                   help="MALLOC_MMAP_THRESHOLD_ for the children in bytes (0: glibc's moving default)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", default="wanda", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -86,6 +92,10 @@ def main() -> None:
     protocol = ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--seed",
                 str(args.seed), "--sparsity_type", args.sparsity_type, "--threads", str(args.threads)]
 
+    if args.malloc_mmap_threshold:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)  # inherited by the children
+    else:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
     runs: dict[str, list[dict]] = {m: [] for m in METHODS}
     for r in range(args.rounds):
         for method in METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]:
@@ -94,7 +104,8 @@ def main() -> None:
     threads = runs["wanda"][0]["threads"]
     print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}, 50% "
           f"{args.sparsity_type}, rounds {args.rounds}; torch {torch.__version__}, {threads} thread(s) in the "
-          f"children, {platform.machine()}, load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+          f"children, MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}, "
+          f"{platform.machine()}, load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     keys = ("seconds", "cpu_seconds", "rss_peak_mb", "rss_loaded_mb")
     rows = {m: {k: statistics.median(run[k] for run in rs) for k in keys} for m, rs in runs.items()}
     base = rows["wanda"]
