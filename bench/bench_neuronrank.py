@@ -1,6 +1,7 @@
 """NeuronRank cost and payoff, measured side by side in one run (a benchmark, not a test).
 
-    WANDA_DATA_DIR=../shared/data python bench/bench_neuronrank.py [--model smollm2-135m] [--nsamples 32] [--seqlen 512]
+    WANDA_DATA_DIR=../shared/data python bench/bench_neuronrank.py [--model smollm2-135m] [--nsamples 32] [--seqlen 512] \
+        [--repeats 5] [--part all|cost|shrink] [--malloc_mmap_threshold 131072]
 
 1. Pruning time and peak RSS of neuronrank and neuronrank_fisher (weight granularity, 50% unstructured)
    against wanda, each method in a fresh subprocess so peak RSS is that method's own; ratios to wanda.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import resource
 import statistics
@@ -61,11 +63,11 @@ def child_prune(args: argparse.Namespace) -> dict:
 
 
 @torch.no_grad()
-def forward_seconds(model: torch.nn.Module, ids: torch.Tensor) -> float:
-    """Seconds of one forward pass over ids [1, seqlen]."""
-    start = time.perf_counter()
+def forward_seconds(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of all threads) of one forward pass over ids [1, seqlen]."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     model(ids, use_cache=False)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def child_shrink(args: argparse.Namespace) -> dict:
@@ -81,11 +83,12 @@ def child_shrink(args: argparse.Namespace) -> dict:
     for _ in range(args.repeats):
         dense_s.append(forward_seconds(dense, ids))
         shrunk_s.append(forward_seconds(model, ids))
+    (dense_wall, dense_cpu), (shrunk_wall, shrunk_cpu) = (map(statistics.median, zip(*s)) for s in (dense_s, shrunk_s))
     return {"ratio": args.ratio, "method": args.method, "intermediate_size": model.config.intermediate_size,
             "dense_params": sum(p.numel() for p in dense.parameters()),
             "shrunk_params": sum(p.numel() for p in model.parameters()),
-            "dense_tok_s": ids.numel() / statistics.median(dense_s),
-            "shrunk_tok_s": ids.numel() / statistics.median(shrunk_s)}
+            "dense_tok_s": ids.numel() / dense_wall, "shrunk_tok_s": ids.numel() / shrunk_wall,
+            "dense_tok_cpu_s": ids.numel() / dense_cpu, "shrunk_tok_cpu_s": ids.numel() / shrunk_cpu}
 
 
 def run_child(args: argparse.Namespace, *extra: str) -> dict:
@@ -96,23 +99,8 @@ def run_child(args: argparse.Namespace, *extra: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--nsamples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (median)")
-    p.add_argument("--child", choices=["prune", "shrink"], help=argparse.SUPPRESS)
-    p.add_argument("--method", default="neuronrank", help=argparse.SUPPRESS)
-    p.add_argument("--ratio", type=float, default=0.25, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        print(json.dumps(child_prune(args) if args.child == "prune" else child_shrink(args)))
-        return
-
-    print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+def cost(args: argparse.Namespace) -> None:
+    """Part 1: prune time and peak RSS per method, ratios to wanda."""
     print("\n## Pruning cost, weight granularity 50% unstructured (one fresh process per method)")
     print("(wall seconds depend on what else the CPU runs; CPU seconds, all threads, much less)")
     print(f"{'method':<20}{'wall s':>8}{'x wanda':>9}{'CPU s':>8}{'x wanda':>9}{'peak RSS MiB':>14}{'x wanda':>9}"
@@ -124,16 +112,53 @@ def main() -> None:
               f"{r['cpu_seconds'] / base['cpu_seconds']:>9.2f}{r['rss_peak_mb']:>14.0f}"
               f"{r['rss_peak_mb'] / base['rss_peak_mb']:>9.2f}{r['rss_peak_mb'] - r['rss_loaded_mb']:>16.0f}")
 
+
+def shrink(args: argparse.Namespace) -> None:
+    """Part 2: parameters and forward throughput of shrunk vs dense models."""
     print(f"\n## Neuron granularity with --shrink (neuronrank): forward pass, batch 1 x {args.seqlen} tokens, "
           f"median of {args.repeats}, dense and shrunk timed alternately")
+    print("(tok/s: per wall second; tok/CPU-s: per CPU second of all threads, less sensitive to other load)")
     print(f"{'removed':<9}{'MLP width':>10}{'params':>13}{'x dense':>9}{'dense tok/s':>13}{'shrunk tok/s':>14}"
-          f"{'speed-up':>10}")
+          f"{'speed-up':>10}{'dense tok/CPU-s':>17}{'shrunk tok/CPU-s':>18}{'speed-up':>10}")
     for ratio in SHRINK_RATIOS:
         r = run_child(args, "--child", "shrink", "--method", "neuronrank", "--ratio", str(ratio))
         print(f"{ratio:<9.0%}{r['intermediate_size']:>10}{r['shrunk_params']:>13,}"
               f"{r['shrunk_params'] / r['dense_params']:>9.3f}{r['dense_tok_s']:>13.0f}{r['shrunk_tok_s']:>14.0f}"
-              f"{r['shrunk_tok_s'] / r['dense_tok_s']:>10.2f}")
+              f"{r['shrunk_tok_s'] / r['dense_tok_s']:>10.2f}{r['dense_tok_cpu_s']:>17.0f}"
+              f"{r['shrunk_tok_cpu_s']:>18.0f}{r['shrunk_tok_cpu_s'] / r['dense_tok_cpu_s']:>10.2f}")
     print(f"(dense: {r['dense_params']:,} parameters)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (median)")
+    p.add_argument("--part", choices=["all", "cost", "shrink"], default="all", help="which of the two parts to run")
+    p.add_argument("--malloc_mmap_threshold", type=int, default=131072,
+                   help="MALLOC_MMAP_THRESHOLD_ for the children in bytes (0: glibc's moving default); pinned so "
+                        "peak RSS measures memory in use, not heap fragmentation (as bench_selectivity.py)")
+    p.add_argument("--child", choices=["prune", "shrink"], help=argparse.SUPPRESS)
+    p.add_argument("--method", default="neuronrank", help=argparse.SUPPRESS)
+    p.add_argument("--ratio", type=float, default=0.25, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child_prune(args) if args.child == "prune" else child_shrink(args)))
+        return
+
+    if args.malloc_mmap_threshold:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)  # inherited by the children
+    else:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
+    if args.part != "shrink":
+        cost(args)
+    if args.part != "cost":
+        shrink(args)
 
 
 if __name__ == "__main__":
