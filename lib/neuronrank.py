@@ -57,7 +57,8 @@ def prepare_classes(calib_ids: torch.Tensor, config: PruneConfig) -> dict:
 class NeuronRankCollector(Collector):
     """Per input channel: token sums, per-sequence mean sums, and per-class sums (float64), divided in finalize.
 
-    Memory is (3 + 2K) x in_features floats whatever the token count. Also publishes Wanda's scaler_row.
+    Memory is (4 + 2K) x in_features float64 plus K counts, whatever the token count. Also publishes Wanda's
+    scaler_row.
     """
 
     def __init__(self, in_features: int, config: PruneConfig, class_ids: torch.Tensor | None = None) -> None:
