@@ -204,11 +204,18 @@ def run(args: argparse.Namespace) -> dict:
     model_config = load_config(args.model, args.cache_dir)
     seqlen = choose_seqlen(args.seqlen, max_sequence_length(model_config))
     check_structure(model_config, config)
-    tasks = None
+    tasks = task_plan = None
     if args.eval_zero_shot:
-        from lib.zeroshot import DEFAULT_TASKS
+        from lib.zeroshot import DEFAULT_TASKS, plan_tasks
 
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(DEFAULT_TASKS)
+        # Say now, not after the pruning, which tasks cannot run here; refuse a request where none can.
+        task_plan = plan_tasks(tasks, data_dir)
+        if not task_plan.local and not task_plan.hub:
+            name, reason = next(iter(task_plan.skipped.items()))
+            raise ConfigError(f"no zero-shot task of {tasks} can run here: '{name}': {reason}")
+        for name, reason in task_plan.skipped.items():
+            logging.getLogger("lib.zeroshot").warning("zero-shot: will skip task '%s': %s", name, reason)
     # Find the data before paying for the model, so a missing file fails in a second.
     eval_rows = load_wikitext2_rows(args.eval_split, data_dir)
     if config.sparsity_ratio > 0 and METHODS[config.prune_method].collectors:
@@ -268,7 +275,8 @@ def run(args: argparse.Namespace) -> dict:
         from lib.zeroshot import eval_zero_shot, format_zero_shot_table
 
         t = time.time()
-        results["zero_shot"] = eval_zero_shot(model, tokenizer, tasks, args.zs_limit, args.zs_batch_size, data_dir)
+        results["zero_shot"] = eval_zero_shot(model, tokenizer, tasks, args.zs_limit, args.zs_batch_size, data_dir,
+                                              task_plan)
         seconds["zero_shot"] = time.time() - t
         print(format_zero_shot_table(results["zero_shot"]))
     if args.save_stats:

@@ -135,21 +135,24 @@ def _extract(task_results: dict, n_samples: dict | None, source: str) -> dict:
 
 
 def eval_zero_shot(model: nn.Module, tokenizer, tasks: list[str], limit: int | None, batch_size: int,
-                   data_dir: Path | None) -> dict[str, dict]:
+                   data_dir: Path | None, plan: TaskPlan | None = None) -> dict[str, dict]:
     """Zero-shot lm-eval on the in-memory model -> {standard task name: {acc, acc_stderr, acc_norm, acc_norm_stderr, n, task}}.
 
     `task` is the lm-eval task that actually ran (e.g. 'boolq_local'); metrics lm-eval does not report for a
     task (acc_norm for boolq) are None. A task that could not be loaded is {"skipped": reason} and logged once.
-    `limit` caps the items per task (lm-eval takes the first `limit` documents).
+    `limit` caps the items per task (lm-eval takes the first `limit` documents). Pass the `plan` that
+    plan_tasks() made (and warned about) before pruning to keep to one warning per skipped task.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    plan = plan_tasks(tasks, data_dir)
+    warned = plan is not None
+    plan = plan if plan is not None else plan_tasks(tasks, data_dir)
     results: dict[str, dict] = {}
     for name, reason in plan.skipped.items():
-        logger.warning("zero-shot: skipping task '%s': %s", name, reason)
+        if not warned:
+            logger.warning("zero-shot: skipping task '%s': %s", name, reason)
         results[name] = {"skipped": reason}
 
     with tempfile.TemporaryDirectory(prefix="zeroshot_tasks_") as tmp:

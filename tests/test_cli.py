@@ -68,6 +68,7 @@ BAD_INPUTS = [
     (["--use_variant", "--prune_method", "sparsegpt"], "--use_variant applies to"),
     (["--calib_dataset", "ptb"], "calib_dataset 'ptb' is not one of"),
     (["--sparsity_type", "2:3", "--sparsity_ratio", "0.6666666666666666"], "not a multiple of M=3"),
+    (["--eval_zero_shot", "--tasks", "hellaswag"], "no zero-shot task of ['hellaswag'] can run here"),
 ]
 
 

@@ -84,6 +84,18 @@ def test_task_without_local_data_or_hub_is_skipped_with_one_warning(model, token
     assert "skipped" in format_zero_shot_table(results)
 
 
+def test_a_plan_made_before_pruning_keeps_to_one_warning(model, tokenizer, tmp_path, caplog):
+    # main.py plans (and warns) before the model loads, then hands the plan over: no second warning.
+    write_local_task(tmp_path)
+    plan = plan_tasks(["hellaswag", "tinyqa"], tmp_path)
+    assert list(plan.skipped) == ["hellaswag"] and plan.local == {"tinyqa": "tinyqa_local"}
+    with caplog.at_level(logging.WARNING, logger="lib.zeroshot"):
+        results = eval_zero_shot(model, tokenizer, ["hellaswag", "tinyqa"], limit=2, batch_size=2, data_dir=tmp_path,
+                                 plan=plan)
+    assert not [r for r in caplog.records if r.name == "lib.zeroshot" and r.levelno == logging.WARNING]
+    assert "skipped" in results["hellaswag"] and results["tinyqa"]["n"] == 2
+
+
 def test_task_whose_data_fails_to_load_is_skipped_not_fatal(model, tokenizer, tmp_path, caplog):
     write_local_task(tmp_path)
     write_local_task(tmp_path, name="broken", with_data=False)
