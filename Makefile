@@ -1,7 +1,7 @@
 # make run   -- set up .venv if missing, then prune the embedded default model (SmolLM2-135M) 50% with
 #               wanda on the quick protocol and print dense and pruned WikiText-2 perplexity.
 # make test  -- set up .venv if missing, then run the test suite (tiny in-process models, no network).
-# make bench -- the side-by-side benchmarks in bench/ (minutes; not part of the tests).
+# make bench -- the three side-by-side benchmarks in bench/ (tens of minutes on 2 cores; not part of the tests).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -35,6 +35,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_methods.py
+	$(PY) bench/bench_selectivity.py
+	$(PY) bench/bench_neuronrank.py
 
 clean:
 	rm -rf out .pytest_cache

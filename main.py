@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lib.config import ConfigError, PruneConfig
-from lib.data import CALIB_DATASETS, get_calibration, get_wikitext2_test_ids, load_c4_texts, load_wikitext2_rows, \
+from lib.data import CALIB_DATASETS, get_calibration, load_c4_texts, load_wikitext2_rows, \
     resolve_data_dir
 from lib.eval import eval_ppl
 from lib.methods import METHODS

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from common import peak_rss_mb, prune_once, run_child  # noqa: E402  (bench/ is on sys.path when run)
+from common import bench_parser, peak_rss_mb, pin_malloc, prune_once, run_child  # noqa: E402  (bench/ is on sys.path when run)
 from lib.data import get_calibration, resolve_data_dir
 from lib.models import find_decoder_layers, load_model
 from lib.prune import capture_layer_inputs, hidden_of
@@ -39,12 +39,8 @@ def one_forward_pass_seconds(model_name: str, nsamples: int, seqlen: int, seed: 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m")
+    p = bench_parser(__doc__)
     p.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"])
-    p.add_argument("--nsamples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sparsity_type", default="unstructured")
     p.add_argument("--rounds", type=int, default=1, help="runs per method in rotated order; medians reported")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -56,8 +52,10 @@ def main() -> None:
         print(json.dumps(prune_once(args.model, args.method, args.nsamples, args.seqlen, args.seed,
                                     args.sparsity_type)))
         return
+    malloc = pin_malloc(args.malloc_mmap_threshold)
     print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}, 50% {args.sparsity_type}, "
-          f"rounds {args.rounds}; torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
+          f"rounds {args.rounds}; torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+          f"MALLOC_MMAP_THRESHOLD_={malloc}")
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
     for r in range(args.rounds):
         order = args.methods[r % len(args.methods):] + args.methods[:r % len(args.methods)]

@@ -13,20 +13,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
-import resource
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from common import bench_parser, peak_rss_mb, pin_malloc, run_child as run_script  # noqa: E402
 from lib.config import PruneConfig  # noqa: E402
 from lib.data import get_calibration, resolve_data_dir  # noqa: E402
 from lib.models import load_model  # noqa: E402
@@ -34,11 +27,6 @@ from lib.prune import prune_model  # noqa: E402
 
 PRUNE_METHODS = ("wanda", "neuronrank", "neuronrank_fisher")
 SHRINK_RATIOS = (0.25, 0.5)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load(args: argparse.Namespace):
@@ -91,12 +79,10 @@ def child_shrink(args: argparse.Namespace) -> dict:
             "dense_tok_cpu_s": ids.numel() / dense_cpu, "shrunk_tok_cpu_s": ids.numel() / shrunk_cpu}
 
 
-def run_child(args: argparse.Namespace, *extra: str) -> dict:
-    """Run this script as a fresh subprocess in child mode; its last stdout line is a JSON result."""
-    cmd = [sys.executable, __file__, "--model", args.model, "--nsamples", str(args.nsamples), "--seqlen",
-           str(args.seqlen), "--seed", str(args.seed), "--repeats", str(args.repeats), *extra]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_child(args: argparse.Namespace, kind: str, *extra: str) -> dict:
+    """Run this script as a fresh subprocess in child mode `kind` (prune | shrink) -> its JSON result."""
+    return run_script(__file__, [kind, "--model", args.model, "--nsamples", str(args.nsamples), "--seqlen",
+                                 str(args.seqlen), "--seed", str(args.seed), "--repeats", str(args.repeats), *extra])
 
 
 def cost(args: argparse.Namespace) -> None:
@@ -105,7 +91,7 @@ def cost(args: argparse.Namespace) -> None:
     print("(wall seconds depend on what else the CPU runs; CPU seconds, all threads, much less)")
     print(f"{'method':<20}{'wall s':>8}{'x wanda':>9}{'CPU s':>8}{'x wanda':>9}{'peak RSS MiB':>14}{'x wanda':>9}"
           f"{'above load MiB':>16}")
-    rows = {m: run_child(args, "--child", "prune", "--method", m) for m in PRUNE_METHODS}
+    rows = {m: run_child(args, "prune", "--method", m) for m in PRUNE_METHODS}
     base = rows["wanda"]
     for m, r in rows.items():
         print(f"{m:<20}{r['seconds']:>8.1f}{r['seconds'] / base['seconds']:>9.2f}{r['cpu_seconds']:>8.1f}"
@@ -121,7 +107,7 @@ def shrink(args: argparse.Namespace) -> None:
     print(f"{'removed':<9}{'MLP width':>10}{'params':>13}{'x dense':>9}{'dense tok/s':>13}{'shrunk tok/s':>14}"
           f"{'speed-up':>10}{'dense tok/CPU-s':>17}{'shrunk tok/CPU-s':>18}{'speed-up':>10}")
     for ratio in SHRINK_RATIOS:
-        r = run_child(args, "--child", "shrink", "--method", "neuronrank", "--ratio", str(ratio))
+        r = run_child(args, "shrink", "--method", "neuronrank", "--ratio", str(ratio))
         print(f"{ratio:<9.0%}{r['intermediate_size']:>10}{r['shrunk_params']:>13,}"
               f"{r['shrunk_params'] / r['dense_params']:>9.3f}{r['dense_tok_s']:>13.0f}{r['shrunk_tok_s']:>14.0f}"
               f"{r['shrunk_tok_s'] / r['dense_tok_s']:>10.2f}{r['dense_tok_cpu_s']:>17.0f}"
@@ -130,16 +116,9 @@ def shrink(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--nsamples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    p = bench_parser(__doc__)
     p.add_argument("--repeats", type=int, default=5, help="timed forward passes per model (median)")
     p.add_argument("--part", choices=["all", "cost", "shrink"], default="all", help="which of the two parts to run")
-    p.add_argument("--malloc_mmap_threshold", type=int, default=131072,
-                   help="MALLOC_MMAP_THRESHOLD_ for the children in bytes (0: glibc's moving default); pinned so "
-                        "peak RSS measures memory in use, not heap fragmentation (as bench_selectivity.py)")
     p.add_argument("--child", choices=["prune", "shrink"], help=argparse.SUPPRESS)
     p.add_argument("--method", default="neuronrank", help=argparse.SUPPRESS)
     p.add_argument("--ratio", type=float, default=0.25, help=argparse.SUPPRESS)
@@ -147,14 +126,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(child_prune(args) if args.child == "prune" else child_shrink(args)))
         return
-
-    if args.malloc_mmap_threshold:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)  # inherited by the children
-    else:
-        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    malloc = pin_malloc(args.malloc_mmap_threshold)
     print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
+          f"MALLOC_MMAP_THRESHOLD_={malloc}")
     if args.part != "shrink":
         cost(args)
     if args.part != "cost":

@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from common import peak_rss_mb, run_child  # noqa: E402  (bench/ is on sys.path when run)
+from common import bench_parser, peak_rss_mb, pin_malloc, run_child  # noqa: E402  (bench/ is on sys.path when run)
 from lib.config import PruneConfig, parse_sparsity_type
 from lib.data import get_calibration, resolve_data_dir
 from lib.layerwrapper import WrappedGPT, WrappedGPTSelectivity
@@ -73,16 +73,10 @@ def collector_seconds(channels: int, tokens: int, nsamples: int, cls: type) -> f
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--nsamples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    p = bench_parser(__doc__)
     p.add_argument("--sparsity_type", default="unstructured")
     p.add_argument("--rounds", type=int, default=1, help="runs per method, rotated order; medians reported")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the children (0: torch's default)")
-    p.add_argument("--malloc_mmap_threshold", type=int, default=131072,
-                   help="MALLOC_MMAP_THRESHOLD_ for the children in bytes (0: glibc's moving default)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", default="wanda", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -91,11 +85,7 @@ def main() -> None:
         return
     protocol = ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--seed",
                 str(args.seed), "--sparsity_type", args.sparsity_type, "--threads", str(args.threads)]
-
-    if args.malloc_mmap_threshold:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)  # inherited by the children
-    else:
-        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    malloc = pin_malloc(args.malloc_mmap_threshold)
     runs: dict[str, list[dict]] = {m: [] for m in METHODS}
     for r in range(args.rounds):
         for method in METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]:
@@ -104,7 +94,7 @@ def main() -> None:
     threads = runs["wanda"][0]["threads"]
     print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}, 50% "
           f"{args.sparsity_type}, rounds {args.rounds}; torch {torch.__version__}, {threads} thread(s) in the "
-          f"children, MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}, "
+          f"children, MALLOC_MMAP_THRESHOLD_={malloc}, "
           f"{platform.machine()}, load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     keys = ("seconds", "cpu_seconds", "rss_peak_mb", "rss_loaded_mb")
     rows = {m: {k: statistics.median(run[k] for run in rs) for k in keys} for m, rs in runs.items()}

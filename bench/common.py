@@ -4,7 +4,9 @@ Not run directly; see bench_methods.py, bench_selectivity.py, bench_neuronrank.p
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -20,6 +22,31 @@ from lib.config import PruneConfig, parse_sparsity_type  # noqa: E402
 from lib.data import get_calibration, resolve_data_dir  # noqa: E402
 from lib.models import load_model  # noqa: E402
 from lib.prune import prune_model  # noqa: E402
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The flags every benchmark shares: the model and the calibration protocol, and the pinned malloc threshold."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--malloc_mmap_threshold", type=int, default=131072,
+                   help="MALLOC_MMAP_THRESHOLD_ for the children in bytes (0: glibc's moving default)")
+    return p
+
+
+def pin_malloc(threshold: int) -> str:
+    """Set MALLOC_MMAP_THRESHOLD_ for the children (0 unsets it) -> its value, for the header line.
+
+    glibc's default threshold moves with the allocation history, so freed layer temporaries can stay in the heap
+    and peak RSS wander by +-25% between identical runs; a fixed threshold returns them to the system.
+    """
+    if threshold:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(threshold)  # inherited by the children
+    else:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    return os.environ.get("MALLOC_MMAP_THRESHOLD_", "unset")
 
 
 def peak_rss_mb() -> float:
