@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sel_tau_percentile", type=float, default=0.6)
     g.add_argument("--sel_top_quantile", type=float, default=0.9)
     g.add_argument("--sel_idf_clip_max", type=float, default=10.0)
+    g.add_argument("--sel_idf_clip_min", type=float, default=0.0,
+                   help="lower clip of IDF (default 0, the published formula; > 0 keeps always-on channels)")
     g.add_argument("--sel_spiky_clip_max", type=float, default=10.0)
     g.add_argument("--sel_idf_exp", type=float, default=1.0)
     g.add_argument("--sel_spiky_exp", type=float, default=1.0)
@@ -109,7 +111,7 @@ def make_config(args: argparse.Namespace) -> PruneConfig:
         prune_method=args.prune_method, sparsity_ratio=ratio, sparsity_type=args.sparsity_type,
         nsamples=args.nsamples, calib_batch_size=args.calib_batch_size, seed=args.seed, use_variant=args.use_variant, blocksize=args.blocksize,
         percdamp=args.percdamp, sel_tau_percentile=args.sel_tau_percentile, sel_top_quantile=args.sel_top_quantile,
-        sel_idf_clip_max=args.sel_idf_clip_max, sel_spiky_clip_max=args.sel_spiky_clip_max,
+        sel_idf_clip_max=args.sel_idf_clip_max, sel_idf_clip_min=args.sel_idf_clip_min, sel_spiky_clip_max=args.sel_spiky_clip_max,
         sel_idf_exp=args.sel_idf_exp, sel_spiky_exp=args.sel_spiky_exp,
         neuronrank_max_classes=args.neuronrank_max_classes, nr_granularity=args.nr_granularity,
         nr_exp=args.nr_exp, shrink=args.shrink)

@@ -51,6 +51,7 @@ class PruneConfig:
     sel_tau_percentile: float = 0.6
     sel_top_quantile: float = 0.9
     sel_idf_clip_max: float = 10.0
+    sel_idf_clip_min: float = 0.0  # > 0 spares always-on channels (IDF 0 would prune their whole column)
     sel_spiky_clip_max: float = 10.0
     sel_idf_exp: float = 1.0
     sel_spiky_exp: float = 1.0
@@ -85,6 +86,9 @@ class PruneConfig:
         for name in ("sel_idf_clip_max", "sel_spiky_clip_max"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be > 0")
+        if not 0.0 <= self.sel_idf_clip_min <= self.sel_idf_clip_max:
+            raise ConfigError(f"sel_idf_clip_min {self.sel_idf_clip_min} must be in [0, sel_idf_clip_max "
+                              f"{self.sel_idf_clip_max}]")
         if self.nr_granularity not in ("weight", "neuron"):
             raise ConfigError(f"nr_granularity '{self.nr_granularity}' is not one of ['neuron', 'weight']")
         if self.neuronrank_max_classes < 0:

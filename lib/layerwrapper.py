@@ -95,9 +95,9 @@ def bin_edges() -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
-def inverse_document_frequency(active_rate: torch.Tensor, clip_max: float) -> torch.Tensor:
-    """IDF_j = log(1 / p_j) clipped to [0, clip_max]; p_j = 0 gives clip_max. [in] -> [in]."""
-    return torch.log(1.0 / active_rate.double()).clamp(0.0, clip_max).float()
+def inverse_document_frequency(active_rate: torch.Tensor, clip_max: float, clip_min: float = 0.0) -> torch.Tensor:
+    """IDF_j = log(1 / p_j) clipped to [clip_min, clip_max] (default [0, clip_max]); p_j = 0 gives clip_max. [in] -> [in]."""
+    return torch.log(1.0 / active_rate.double()).clamp(clip_min, clip_max).float()
 
 
 def spikiness(top_mean: torch.Tensor, mean_abs: torch.Tensor, clip_max: float, eps: float = 1e-10) -> torch.Tensor:
@@ -152,7 +152,8 @@ class WrappedGPTSelectivity(WrappedGPT):
         stats.update(selectivity_from_histogram(self.counts.view(self.in_features, N_BINS), self.sum_abs,
                                                 self.max_abs, self.ntokens, cfg.sel_tau_percentile,
                                                 cfg.sel_top_quantile))
-        stats["idf"] = inverse_document_frequency(stats["active_rate"], cfg.sel_idf_clip_max)
+        stats["idf"] = inverse_document_frequency(stats["active_rate"], cfg.sel_idf_clip_max,
+                                                  cfg.sel_idf_clip_min)
         stats["spikiness"] = spikiness(stats["top_mean"], stats["mean_abs"], cfg.sel_spiky_clip_max)
         return stats
 

@@ -18,8 +18,9 @@ from lib.structured import neuron_pruner
 
 
 def idf_factor(stats: dict, config: PruneConfig) -> torch.Tensor:
-    """IDF_j ** sel_idf_exp [in], IDF clipped to [0, sel_idf_clip_max]."""
-    return inverse_document_frequency(stats["active_rate"], config.sel_idf_clip_max).pow(config.sel_idf_exp)
+    """IDF_j ** sel_idf_exp [in], IDF clipped to [sel_idf_clip_min, sel_idf_clip_max] (default [0, 10])."""
+    idf = inverse_document_frequency(stats["active_rate"], config.sel_idf_clip_max, config.sel_idf_clip_min)
+    return idf.pow(config.sel_idf_exp)
 
 
 def spiky_factor(stats: dict, config: PruneConfig) -> torch.Tensor:

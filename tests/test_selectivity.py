@@ -235,6 +235,20 @@ def test_clip_limits_and_summary():
     assert summary["tau"] == pytest.approx(float(stats["tau"]), rel=1e-5)
 
 
+def test_idf_floor_spares_the_always_on_channel():
+    # IDF 0 scores the dense channel's weights 0 however large they are, so its whole column goes; with a floor
+    # of 1 a large weight on it (row 1: 3 x norm 1.0 = 3.0) outranks the specialist's (1 x 0.9 x log 5 = 1.45).
+    stats = collect(hand_built(), PruneConfig(prune_method="wanda_idf"))
+    W = torch.tensor([[1.0, 1.0, 1.0, 1.0], [3.0, 1.0, 1.0, 1.0]])
+    for clip_min, expected in [(0.0, [[0, 3], [0, 3]]), (1.0, [[0, 3], [1, 3]])]:
+        config = PruneConfig(prune_method="wanda_idf", sel_idf_clip_min=clip_min)
+        assert float(idf_factor(stats, config).min()) == pytest.approx(clip_min)
+        mask = make_mask(METHODS["wanda_idf"].score(W, stats, config), 0.5)
+        assert [row.nonzero().flatten().tolist() for row in mask] == expected
+    with pytest.raises(ConfigError, match="sel_idf_clip_min 11"):
+        PruneConfig(prune_method="wanda_idf", sel_idf_clip_min=11.0)
+
+
 @pytest.mark.parametrize("value", [0.0, 1.0, 1.5])
 def test_quantile_flags_outside_open_unit_interval_are_rejected(value):
     with pytest.raises(ConfigError, match="sel_tau_percentile"):
