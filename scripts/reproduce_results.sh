@@ -36,4 +36,13 @@ METHODS="wanda wanda_spiky wanda_select" RATIOS="0.3 0.4 0.5 0.6 0.7" scripts/sw
 #    the selected setting and wanda reported on test over seeds 0 1 2.
 .venv/bin/python scripts/sweep_selectivity.py --model $M --method wanda_select --val_seeds 0 --test_seeds 0 1 2 \
     --tau_percentile 0.6 0.9 0.99 0.999 --top_quantile 0.9 --idf_exp 1 0.25 0 --spiky_exp 1 0.5 0 || status=1
+# 6. which side of IDF breaks the model: a floor (--sel_idf_clip_min: IDF only promotes / zero columns spared)
+#    or a ceiling of 1 (IDF only demotes), 50% unstructured, seeds 0 1 2; one report with step 1's wanda.
+for setting in "idf_min1:--sel_idf_clip_min 1" "idf_min0.1:--sel_idf_clip_min 0.1" "idf_max1:--sel_idf_clip_max 1"; do
+    RESULTS_DIR="results/idf_ablation/${setting%%:*}" EXTRA_ARGS="$EXTRA_ARGS ${setting#*:}" \
+        METHODS="wanda_idf wanda_select" \
+        scripts/run_selectivity_experiments.sh $M 0.5 unstructured --seeds 0 1 2 --no-report || status=1
+done
+.venv/bin/python scripts/report.py results/smollm2-135m/0.5_unstructured results/idf_ablation \
+    --out results/idf_ablation/report || status=1
 exit $status
