@@ -23,6 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 torch.set_num_threads(1)
 
 ARCHS = ("llama", "opt", "neox")
+# Current Hugging Face decoders beyond the three families every test covers: q/k/v biases (qwen2), q/k norms
+# (qwen3), sandwich norms and soft-capping (gemma2), sliding-window attention (mistral), fused qkv and gate_up
+# linears (phi3), parallel attention and MLP (falcon).
+MORE_ARCHS = ("qwen2", "qwen3", "mistral", "gemma2", "phi3", "falcon")
 WORDS = ("the cat dog sat on mat a big red blue run ran fast slow tree house river stone light dark "
          "king queen moon sun star sky sea land fire water").split()
 
@@ -44,6 +48,16 @@ def make_tiny_model(arch: str, vocab_size: int = 128, seed: int = 0):
         model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                                  num_attention_heads=4, vocab_size=vocab_size,
                                                  max_position_embeddings=256))
+    elif arch in MORE_ARCHS:
+        import transformers
+
+        name = {"qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral", "gemma2": "Gemma2", "phi3": "Phi3",
+                "falcon": "Falcon"}[arch]
+        extra = {} if arch == "falcon" else {"intermediate_size": 128, "num_key_value_heads": 2, "head_dim": 16}
+        config = getattr(transformers, f"{name}Config")(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=vocab_size,
+            max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=1, **extra)
+        model = getattr(transformers, f"{name}ForCausalLM")(config)
     else:
         raise ValueError(arch)
     return model.eval()

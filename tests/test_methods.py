@@ -14,6 +14,7 @@ from lib.layerwrapper import WrappedGPT
 from lib.methods import METHODS, magnitude_score, wanda_score
 from lib.models import find_decoder_layers, find_linears
 from lib.sparsity import check_sparsity, make_mask, make_variant_mask
+from conftest import MORE_ARCHS
 
 ARCHS = ("llama", "opt", "neox")
 TYPES = ("unstructured", "2:4", "4:8")
@@ -228,6 +229,19 @@ def test_every_method_end_to_end(tiny_model, calib_ids, method, sparsity_type, a
     # Embeddings and the LM head are never pruned.
     assert torch.equal(model.get_input_embeddings().weight, embeddings)
     assert torch.equal(model.get_output_embeddings().weight, head)
+    with torch.no_grad():
+        assert torch.isfinite(model(calib_ids[:1]).logits).all()
+
+
+@pytest.mark.parametrize("arch", MORE_ARCHS)
+@pytest.mark.parametrize("sparsity_type", ["unstructured", "2:4"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "wanda_select", "neuronrank_fisher"])
+def test_current_decoder_families(tiny_model, calib_ids, method, sparsity_type, arch):
+    model = tiny_model(arch)
+    config = PruneConfig(prune_method=method, sparsity_ratio=0.5, sparsity_type=sparsity_type, nsamples=4)
+    prune_model(model, calib_ids, config)
+    row_zero_counts_ok(model, method, config)
+    assert abs(check_sparsity(model)[0] - 0.5) < 0.01
     with torch.no_grad():
         assert torch.isfinite(model(calib_ids[:1]).logits).all()
 

@@ -18,6 +18,7 @@ from lib.neuronrank import NeuronRankCollector, neuronrank_score, top_token_clas
 from lib.structured import find_mlp, prune_neurons, score_channel_importance
 from lib.prune import prune_model
 from lib.sparsity import check_sparsity, make_mask
+from conftest import MORE_ARCHS, make_tiny_model
 
 VOCAB = 128
 NR_METHODS = ["neuronrank", "neuronrank_fisher"]
@@ -307,3 +308,30 @@ def test_neuronrank_without_classes_is_the_variance_factor():
     stats = report.layer_stats["layers.0.mlp.down_proj"]
     assert stats["nr_class_tokens"] == 0 and stats["nr_between"] == 0
     assert check_sparsity(model)[0] == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("arch", [a for a in MORE_ARCHS if a != "phi3"])
+def test_shrink_on_current_decoder_families_reloads_with_the_masked_logits(arch, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    masked, shrunk = make_tiny_model(arch), make_tiny_model(arch)
+    common = dict(prune_method="neuronrank", nsamples=4, sparsity_ratio=0.25, nr_granularity="neuron",
+                  neuronrank_max_classes=16)
+    prune_model(masked, calib_ids(), PruneConfig(**common))
+    prune_model(shrunk, calib_ids(), PruneConfig(**common, shrink=True))
+    shrunk.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ups, down = find_mlp(find_linears(find_decoder_layers(reloaded)[0]))
+    width = find_linears(find_decoder_layers(masked)[0])[down].in_features
+    assert find_linears(find_decoder_layers(reloaded)[0])[down].in_features == width - width // 4
+    ids = calib_ids()[:2]
+    with torch.no_grad():
+        expected = masked(ids).logits
+        torch.testing.assert_close(reloaded(ids).logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_gate_up_is_a_clear_error_at_neuron_granularity():
+    # Phi-3 fuses gate and up into one linear: the neuron j of gate and of up are rows j and j + width of it.
+    with pytest.raises(ConfigError, match="exactly one MLP per decoder layer"):
+        prune_model(make_tiny_model("phi3"), calib_ids(), PruneConfig(prune_method="wanda", nsamples=4,
+                                                                         sparsity_ratio=0.25, nr_granularity="neuron"))
