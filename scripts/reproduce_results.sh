@@ -45,4 +45,9 @@ for setting in "idf_min1:--sel_idf_clip_min 1" "idf_min0.1:--sel_idf_clip_min 0.
 done
 .venv/bin/python scripts/report.py results/smollm2-135m/0.5_unstructured results/idf_ablation \
     --out results/idf_ablation/report || status=1
+# 7. wanda_spiky, the one variant that is not destroyed, against wanda on two more calibration seeds (3, 4), so
+#    its 50% unstructured and 2:4 comparisons rest on five paired seeds.
+for type in unstructured 2:4; do
+    METHODS="wanda wanda_spiky" scripts/run_selectivity_experiments.sh $M 0.5 $type --seeds 3 4 || status=1
+done
 exit $status
