@@ -32,9 +32,9 @@ import torch
 from common import bench_parser, peak_rss_mb, pin_malloc, run_child  # noqa: E402  (bench/ is on sys.path when run)
 from lib.config import PruneConfig, parse_sparsity_type
 from lib.data import get_calibration, resolve_data_dir
-from lib.layerwrapper import WrappedGPT, WrappedGPTSelectivity
+from lib.layerwrapper import Scratch, WrappedGPT, WrappedGPTSelectivity
 from lib.models import load_model
-from lib.prune import prune_model
+from lib.prune import CALIB_TOKENS_PER_BATCH, prune_model
 
 METHODS = ("wanda", "wanda_idf", "wanda_spiky", "wanda_select")
 
@@ -60,13 +60,16 @@ def child_prune(args: argparse.Namespace) -> dict:
             "rss_loaded_mb": loaded, "rss_peak_mb": peak_rss_mb(), "threads": torch.get_num_threads()}
 
 
-def collector_seconds(channels: int, tokens: int, nsamples: int, cls: type) -> float:
-    """Seconds for one collector to take `nsamples` batches of [1, tokens, channels] and finalize."""
+def collector_seconds(channels: int, seqlen: int, nsamples: int, cls: type) -> float:
+    """Seconds for one collector to take `nsamples` sequences of [seqlen, channels] in the driver's batches
+    (as many sequences as fit CALIB_TOKENS_PER_BATCH tokens) and finalize."""
+    per_batch = max(1, min(nsamples, CALIB_TOKENS_PER_BATCH // seqlen))
     gen = torch.Generator().manual_seed(0)
-    batch = torch.randn(1, tokens, channels, generator=gen) * torch.exp(torch.randn(channels, generator=gen))
-    collector = cls(channels, PruneConfig(prune_method="wanda_select"))
+    batch = torch.randn(per_batch, seqlen, channels, generator=gen) * torch.exp(torch.randn(channels, generator=gen))
+    extra = {"scratch": Scratch()} if cls is WrappedGPTSelectivity else {}  # as Method.prepare gives the driver
+    collector = cls(channels, PruneConfig(prune_method="wanda_select"), **extra)
     start = time.perf_counter()
-    for _ in range(nsamples):
+    for _ in range(0, nsamples, per_batch):
         collector.add_batch(batch)
     collector.finalize()
     return time.perf_counter() - start
@@ -111,8 +114,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model_config = load_model(args.model, dtype=torch.float32)[0].config
     hidden, mlp = model_config.hidden_size, model_config.intermediate_size
-    print(f"\n## collectors alone, one layer's inputs ({args.nsamples} x [1, {args.seqlen}, in]), alternated, "
-          f"median of 3, {torch.get_num_threads()} thread(s)")
+    per_batch = max(1, min(args.nsamples, CALIB_TOKENS_PER_BATCH // args.seqlen))
+    print(f"\n## collectors alone, one layer's inputs ({args.nsamples} sequences of {args.seqlen} tokens in batches of "
+          f"{per_batch}, as the driver), alternated, median of 3, {torch.get_num_threads()} thread(s)")
     print(f"{'input':<24}{'WrappedGPT s':>14}{'Selectivity s':>15}{'extra s':>9}")
     for name, channels in (("attention (hidden)", hidden), ("down_proj (mlp)", mlp)):
         times = {WrappedGPT: [], WrappedGPTSelectivity: []}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from lib.config import PruneConfig
-from lib.layerwrapper import WrappedGPTSelectivity, inverse_document_frequency, spikiness
+from lib.layerwrapper import Scratch, WrappedGPTSelectivity, inverse_document_frequency, spikiness
 from lib.methods import Method, register, wanda_score
 from lib.structured import neuron_pruner
 
@@ -70,4 +70,4 @@ for _name, _score, _help in [
     ("wanda_select", wanda_select_score, "|W| * ||X|| * IDF * R"),
 ]:
     register(Method(_name, (WrappedGPTSelectivity,), score=_score, supports_variant=True, summarize=summarize,
-                    help=_help, **neuron_pruner(_score)))
+                    prepare=lambda calib_ids, config: {"scratch": Scratch()}, help=_help, **neuron_pruner(_score)))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lib.config import ConfigError, PruneConfig
-from lib.layerwrapper import N_BINS, WrappedGPTSelectivity, bin_edges
+from lib.layerwrapper import N_BINS, Scratch, WrappedGPTSelectivity, bin_edges
 from lib.methods import METHODS, wanda_score
 from lib.prune import prune_model
 from lib.selectivity import idf_factor, spiky_factor, summarize
@@ -124,6 +124,24 @@ def test_result_does_not_depend_on_batching():
     for name in ("tau", "active_rate", "mean_abs", "top_mean", "idf", "spikiness"):
         torch.testing.assert_close(uneven[name], one[name], rtol=1e-5, atol=1e-7, msg=name)
     torch.testing.assert_close(uneven["scaler_row"] * 3, one["scaler_row"], rtol=1e-5, atol=1e-7)  # 3 sequences vs 1
+
+
+def test_collectors_sharing_one_scratch_buffer_equal_collectors_without():
+    # As in the driver: several linears' collectors take turns on one Scratch, with inputs of different widths.
+    config = PruneConfig(prune_method="wanda_select")
+    xs = [heavy_tailed(tokens=600, channels=c, seed=c) for c in (40, 32, 48)]
+    scratch = Scratch()
+    shared = [WrappedGPTSelectivity(x.shape[1], config, scratch=scratch) for x in xs]
+    for chunk in range(0, 600, 200):
+        for collector, x in zip(shared, xs):
+            collector.add_batch(x[chunk:chunk + 200].unsqueeze(0))
+    for collector, x in zip(shared, xs):
+        alone = collect(x, config)
+        stats = collector.finalize()
+        for name in ("tau", "active_rate", "mean_abs", "top_mean", "scaler_row"):
+            torch.testing.assert_close(stats[name], alone[name] if name != "scaler_row" else alone[name] / 3,
+                                       rtol=1e-5, atol=1e-7, msg=name)
+    assert not torch.equal(xs[0], xs[0].abs())  # the inputs themselves are untouched
 
 
 def test_memory_does_not_grow_with_tokens():
