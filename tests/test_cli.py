@@ -69,6 +69,7 @@ BAD_INPUTS = [
     (["--calib_dataset", "ptb"], "calib_dataset 'ptb' is not one of"),
     (["--sparsity_type", "2:3", "--sparsity_ratio", "0.6666666666666666"], "not a multiple of M=3"),
     (["--eval_zero_shot", "--tasks", "hellaswag"], "no zero-shot task of ['hellaswag'] can run here"),
+    (["--prune_method", "wanda_idf", "--sel_idf_clip_min", "20"], "sel_idf_clip_min 20.0 must be in [0, sel_idf_clip_max 10.0]"),
 ]
 
 
