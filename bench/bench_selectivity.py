@@ -34,7 +34,7 @@ from lib.config import PruneConfig, parse_sparsity_type
 from lib.data import get_calibration, resolve_data_dir
 from lib.layerwrapper import Scratch, WrappedGPT, WrappedGPTSelectivity
 from lib.models import load_model
-from lib.prune import CALIB_TOKENS_PER_BATCH, prune_model
+from lib.prune import calib_batch_size, prune_model
 
 METHODS = ("wanda", "wanda_idf", "wanda_spiky", "wanda_select")
 
@@ -62,8 +62,8 @@ def child_prune(args: argparse.Namespace) -> dict:
 
 def collector_seconds(channels: int, seqlen: int, nsamples: int, cls: type) -> float:
     """Seconds for one collector to take `nsamples` sequences of [seqlen, channels] in the driver's batches
-    (as many sequences as fit CALIB_TOKENS_PER_BATCH tokens) and finalize."""
-    per_batch = max(1, min(nsamples, CALIB_TOKENS_PER_BATCH // seqlen))
+    (lib.prune.calib_batch_size) and finalize."""
+    per_batch = min(nsamples, calib_batch_size(PruneConfig(prune_method="wanda_select"), seqlen))
     gen = torch.Generator().manual_seed(0)
     batch = torch.randn(per_batch, seqlen, channels, generator=gen) * torch.exp(torch.randn(channels, generator=gen))
     extra = {"scratch": Scratch()} if cls is WrappedGPTSelectivity else {}  # as Method.prepare gives the driver
@@ -114,7 +114,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model_config = load_model(args.model, dtype=torch.float32)[0].config
     hidden, mlp = model_config.hidden_size, model_config.intermediate_size
-    per_batch = max(1, min(args.nsamples, CALIB_TOKENS_PER_BATCH // args.seqlen))
+    per_batch = min(args.nsamples, calib_batch_size(PruneConfig(prune_method="wanda_select"), args.seqlen))
     print(f"\n## collectors alone, one layer's inputs ({args.nsamples} sequences of {args.seqlen} tokens in batches of "
           f"{per_batch}, as the driver), alternated, median of 3, {torch.get_num_threads()} thread(s)")
     print(f"{'input':<24}{'WrappedGPT s':>14}{'Selectivity s':>15}{'extra s':>9}")

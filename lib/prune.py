@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 CALIB_TOKENS_PER_BATCH = 8192
 
 
+def calib_batch_size(config: PruneConfig, seqlen: int) -> int:
+    """Calibration sequences per layer call: --calib_batch_size, or (0) as many as fit CALIB_TOKENS_PER_BATCH."""
+    return config.calib_batch_size or max(1, CALIB_TOKENS_PER_BATCH // max(seqlen, 1))
+
+
 class _StopForward(Exception):
     """Raised by the capture hook to stop the model's forward after the first decoder layer's inputs."""
 
@@ -174,7 +179,7 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
         inps, kwargs = capture_layer_inputs(model, layers, calib_ids)
     # Several sequences per layer call: on CPU this is ~5x faster than Wanda's one at a time, and collectors
     # are batch-split invariant, so the statistics are the same.
-    batch = config.calib_batch_size or max(1, CALIB_TOKENS_PER_BATCH // max(calib_ids.shape[1], 1))
+    batch = calib_batch_size(config, calib_ids.shape[1])
     context = method.prepare(calib_ids, config) if method.prepare is not None else {}
     progress = tqdm(range(len(layers)), desc="pruning")
     for i in progress:

@@ -14,9 +14,8 @@ from lib.layerwrapper import WrappedGPT
 from lib.methods import METHODS, magnitude_score, wanda_score
 from lib.models import find_decoder_layers, find_linears
 from lib.sparsity import check_sparsity, make_mask, make_variant_mask
-from conftest import MORE_ARCHS
+from conftest import ARCHS, MORE_ARCHS
 
-ARCHS = ("llama", "opt", "neox")
 TYPES = ("unstructured", "2:4", "4:8")
 
 
