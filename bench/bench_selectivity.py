@@ -32,7 +32,8 @@ import torch
 from common import bench_parser, peak_rss_mb, pin_malloc, run_child  # noqa: E402  (bench/ is on sys.path when run)
 from lib.config import PruneConfig, parse_sparsity_type
 from lib.data import get_calibration, resolve_data_dir
-from lib.layerwrapper import Scratch, WrappedGPT, WrappedGPTSelectivity
+from lib.methods.selectivity import Scratch, WrappedGPTSelectivity
+from lib.methods.wanda import WrappedGPT
 from lib.models import load_model
 from lib.prune import calib_batch_size, prune_model
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -15,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from lib.config import PruneConfig, parse_sparsity_type
+from lib.data import get_calibration, resolve_data_dir
+from lib.models import load_model
+from lib.prune import prune_model
+from lib.runinfo import peak_rss_mb
 
-from lib.config import PruneConfig, parse_sparsity_type  # noqa: E402
-from lib.data import get_calibration, resolve_data_dir  # noqa: E402
-from lib.models import load_model  # noqa: E402
-from lib.prune import prune_model  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def bench_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -47,11 +46,6 @@ def pin_malloc(threshold: int) -> str:
     else:
         os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
     return os.environ.get("MALLOC_MMAP_THRESHOLD_", "unset")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def prune_once(model_name: str, method: str, nsamples: int, seqlen: int, seed: int, sparsity_type: str,

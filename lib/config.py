@@ -1,14 +1,31 @@
-"""The validated, frozen pruning configuration. Library code takes this, never argparse.Namespace."""
+"""The frozen, validated settings. Library code takes these, never argparse.Namespace.
+
+Each setting is declared once, as a dataclass field whose metadata carries its flag help, choices and group;
+`lib/cli.py` builds the command line from these fields and maps the parsed flags back. Validation here needs
+no model and no method: what a method cannot honour is checked where the method is looked up
+(`lib.registry.find_method`). This module imports nothing heavy (no torch), so a config is cheap to build.
+"""
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+CALIB_DATASETS = ("c4", "wikitext2")
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
 
 
 class ConfigError(ValueError):
     """Bad user input; the message is one line naming the value and what is accepted."""
+
+
+def setting(default: Any, help: str, *, group: str = "pruning", choices: tuple | None = None,
+            flags: tuple[str, ...] | None = None) -> Any:
+    """A config field with what the CLI needs: help, group, choices, flag spellings (default --<name>)."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "flags": flags})
 
 
 def parse_sparsity_type(sparsity_type: str) -> tuple[int, int]:
@@ -32,41 +49,63 @@ def suggest(name: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def check_finite(config: Any) -> None:
+    """Every float field of a settings dataclass must be a finite number (NaN and inf are never meant)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} {value} must be a finite number")
+
+
+def check_choice(config: Any, name: str) -> None:
+    """A field whose metadata lists choices must hold one of them."""
+    choices = next(f.metadata["choices"] for f in dataclasses.fields(config) if f.name == name)
+    value = getattr(config, name)
+    if value not in choices:
+        raise ConfigError(f"{name} '{value}' is not one of {list(choices)}")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """Everything the pruning driver needs. Defaults follow Wanda (and the issue specs for new methods)."""
 
-    prune_method: str = "wanda"
-    sparsity_ratio: float = 0.5
-    sparsity_type: str = "unstructured"
-    nsamples: int = 128
-    # Calibration sequences per decoder-layer call; 0 = as many as fit 8192 tokens. Results do not depend on it.
-    calib_batch_size: int = 0
-    seed: int = 0
-    use_variant: bool = False
-    # SparseGPT / ablation reconstruction (Frantar & Alistarh 2023).
-    blocksize: int = 128
-    percdamp: float = 0.01
-    # Selectivity factors (SELECTIVITY.md).
-    sel_tau_percentile: float = 0.6
-    sel_top_quantile: float = 0.9
-    sel_idf_clip_max: float = 10.0
-    sel_idf_clip_min: float = 0.0  # > 0 spares always-on channels (IDF 0 would prune their whole column)
-    sel_spiky_clip_max: float = 10.0
-    sel_idf_exp: float = 1.0
-    sel_spiky_exp: float = 1.0
-    # NeuronRank.
-    neuronrank_max_classes: int = 512
-    nr_granularity: str = "weight"
-    nr_exp: float = 1.0
-    shrink: bool = False
+    prune_method: str = setting("wanda", "pruning method; the list with one line each is at the end of --help")
+    # None: N/M for N:M, else 0.5 (resolved in __post_init__, so the stored value is always a number).
+    sparsity_ratio: float | None = setting(None, "fraction of weights to prune, in [0, 1) (default 0.5; N/M "
+                                                 "for N:M)")
+    sparsity_type: str = setting("unstructured", "'unstructured' or N:M such as 2:4, 4:8")
+    nsamples: int = setting(128, "calibration sequences (default 128)")
+    calib_batch_size: int = setting(0, "calibration sequences per layer call (default 0: as many as fit 8192 "
+                                       "tokens; lower it if a layer's activations run out of memory; results "
+                                       "are the same)")
+    seed: int = setting(0, "calibration sampling seed")
+    use_variant: bool = setting(False, "Wanda's alpha-search variant (unstructured only)")
+    blocksize: int = setting(128, "SparseGPT block size (columns per lazy update)", group="SparseGPT")
+    percdamp: float = setting(0.01, "SparseGPT dampening, fraction of mean diag(H)", group="SparseGPT")
+    sel_tau_percentile: float = setting(
+        0.6, "layer-wide quantile of |x| above which a channel counts as active (IDF), in (0, 1)",
+        group="selectivity")
+    sel_top_quantile: float = setting(0.9, "quantile whose upper tail gives mu_top (spikiness R), in (0, 1)",
+                                      group="selectivity")
+    sel_idf_clip_max: float = setting(10.0, "upper clip of IDF (> 0)", group="selectivity")
+    sel_idf_clip_min: float = setting(0.0, "lower clip of IDF (default 0, the published formula; > 0 keeps "
+                                           "always-on channels)", group="selectivity")
+    sel_spiky_clip_max: float = setting(10.0, "upper clip of the spikiness ratio R (> 0)", group="selectivity")
+    sel_idf_exp: float = setting(1.0, "exponent on IDF (0 turns it off)", group="selectivity")
+    sel_spiky_exp: float = setting(1.0, "exponent on R (0 turns it off)", group="selectivity")
+    neuronrank_max_classes: int = setting(512, "K most frequent calibration token ids used as classes",
+                                          group="NeuronRank",
+                                          flags=("--neuronrank-max-classes", "--neuronrank_max_classes"))
+    nr_granularity: str = setting("weight", "'weight' (default) or 'neuron' (whole MLP neurons)",
+                                  group="NeuronRank", choices=("neuron", "weight"))
+    nr_exp: float = setting(1.0, "exponent gamma on the channel factor", group="NeuronRank")
+    shrink: bool = setting(False, "neuron granularity: physically drop pruned neurons", group="NeuronRank")
 
     def __post_init__(self) -> None:
-        from lib.methods import METHODS  # late import: methods import this module
-
-        if self.prune_method not in METHODS:
-            raise ConfigError(f"unknown prune_method '{self.prune_method}'{suggest(self.prune_method, sorted(METHODS))}; "
-                              f"choose from {sorted(METHODS)}")
+        if self.sparsity_ratio is None:
+            n, m = parse_sparsity_type(self.sparsity_type)
+            object.__setattr__(self, "sparsity_ratio", n / m if m else 0.5)
+        check_finite(self)
         if not 0.0 <= self.sparsity_ratio < 1.0:
             raise ConfigError(f"sparsity_ratio {self.sparsity_ratio} is outside [0, 1)")
         n, m = parse_sparsity_type(self.sparsity_type)
@@ -89,11 +128,9 @@ class PruneConfig:
         if not 0.0 <= self.sel_idf_clip_min <= self.sel_idf_clip_max:
             raise ConfigError(f"sel_idf_clip_min {self.sel_idf_clip_min} must be in [0, sel_idf_clip_max "
                               f"{self.sel_idf_clip_max}]")
-        if self.nr_granularity not in ("weight", "neuron"):
-            raise ConfigError(f"nr_granularity '{self.nr_granularity}' is not one of ['neuron', 'weight']")
+        check_choice(self, "nr_granularity")
         if self.neuronrank_max_classes < 0:
             raise ConfigError(f"neuronrank_max_classes {self.neuronrank_max_classes} must be >= 0")
-        METHODS[self.prune_method].validate(self)
 
     @property
     def prune_n(self) -> int:
@@ -108,3 +145,50 @@ class PruneConfig:
     def to_dict(self) -> dict:
         """Plain dict for results.json."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What main.py does around the pruning: model, data, evaluation, outputs."""
+
+    model: str = setting("smollm2-135m", "local HF folder, hub id, .gguf file, or the bundled alias "
+                                         "'smollm2-135m' (default)", group="model")
+    cache_dir: str = setting("llm_weights", "hub cache and GGUF conversions (default llm_weights)", group="model")
+    dtype: str | None = setting(None, "weights dtype (default float16 on CUDA, float32 on CPU)", group="model",
+                                choices=DTYPE_NAMES)
+    device_map: str | None = setting(None, "'auto' spreads the model over all GPUs (large models)", group="model",
+                                     choices=("auto",))
+    seqlen: int | None = setting(None, "tokens per calibration/evaluation window (default min(2048, model "
+                                       "maximum))", group="data")
+    calib_dataset: str = setting("c4", f"calibration text, one of {list(CALIB_DATASETS)} (default c4)",
+                                 group="data", choices=CALIB_DATASETS)
+    data_dir: str | None = setting(None, "local data folder like ../shared/data (else $WANDA_DATA_DIR, else the "
+                                         "Hugging Face hub)", group="data")
+    eval_limit: int | None = setting(None, "evaluate only the first N windows (default all)", group="evaluation")
+    eval_split: str = setting("test", "WikiText-2 split to evaluate", group="evaluation",
+                              choices=("test", "validation"))
+    eval_batch_size: int = setting(1, "windows per forward in the perplexity loop", group="evaluation")
+    no_dense_eval: bool = setting(False, "skip the dense model's perplexity", group="evaluation")
+    eval_zero_shot: bool = setting(False, "lm-eval zero-shot accuracy after pruning", group="evaluation")
+    tasks: str | None = setting(None, "comma-separated lm-eval tasks (default: Wanda's seven)", group="evaluation")
+    zs_limit: int | None = setting(None, "items per zero-shot task (default all)", group="evaluation")
+    zs_batch_size: int = setting(1, "zero-shot batch size", group="evaluation")
+    save: str | None = setting(None, "folder for results.json and log_{method}.txt", group="outputs")
+    save_model: str | None = setting(None, "folder for the pruned model (safetensors) and tokenizer",
+                                     group="outputs")
+    save_stats: bool = setting(False, "per-layer selection statistics in results.json", group="outputs")
+
+    def __post_init__(self) -> None:
+        check_finite(self)
+        if self.seqlen is not None and self.seqlen <= 0:
+            raise ConfigError(f"seqlen {self.seqlen} must be a positive integer")
+        for name in ("eval_limit", "zs_limit", "eval_batch_size", "zs_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} {value} must be a positive integer")
+        for name in ("calib_dataset", "eval_split"):
+            check_choice(self, name)
+        if self.device_map not in (None, "auto"):
+            raise ConfigError(f"device_map '{self.device_map}' is not supported; use 'auto' or omit it")
+        if self.dtype is not None:
+            check_choice(self, "dtype")

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
-from lib.config import ConfigError
+from lib.config import CALIB_DATASETS, ConfigError
 
 logger = logging.getLogger(__name__)
 
 WIKITEXT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
 C4_PREFERRED = "c4-en-train.00000-of-01024.first1000.jsonl.gz"
-CALIB_DATASETS = ("c4", "wikitext2")
 
 
 class DataError(ConfigError):
@@ -118,17 +117,35 @@ def c4_windows(texts: list[str], tokenizer, nsamples: int, seed: int, seqlen: in
     return torch.stack(samples)
 
 
-def get_calibration(name: str, tokenizer, nsamples: int, seed: int, seqlen: int,
-                    data_dir: Path | None) -> torch.Tensor:
-    """Calibration token ids [nsamples, seqlen] from 'c4' (default, as Wanda) or 'wikitext2' (train split)."""
+def load_calibration_texts(name: str, data_dir: Path | None) -> list[str]:
+    """The text calibration windows are drawn from: C4 documents, or WikiText-2 train rows. Reads the files now."""
     if name == "c4":
-        return c4_windows(load_c4_texts(data_dir), tokenizer, nsamples, seed, seqlen)
+        return load_c4_texts(data_dir)
     if name == "wikitext2":
-        ids = tokenizer(" ".join(load_wikitext2_rows("train", data_dir)), return_tensors="pt").input_ids[0]
-        return _windows_from_stream(ids, nsamples, seqlen, random.Random(seed))
+        return load_wikitext2_rows("train", data_dir)
     raise DataError(f"calib_dataset '{name}' is not one of {list(CALIB_DATASETS)}")
 
 
-def get_wikitext2_test_ids(tokenizer, data_dir: Path | None, split: str = "test") -> torch.Tensor:
+def calibration_windows(name: str, texts: list[str], tokenizer, nsamples: int, seed: int,
+                        seqlen: int) -> torch.Tensor:
+    """Calibration token ids [nsamples, seqlen] from load_calibration_texts(name)'s texts, drawn as Wanda does."""
+    if name == "c4":
+        return c4_windows(texts, tokenizer, nsamples, seed, seqlen)
+    ids = tokenizer(" ".join(texts), return_tensors="pt").input_ids[0]
+    return _windows_from_stream(ids, nsamples, seqlen, random.Random(seed))
+
+
+def get_calibration(name: str, tokenizer, nsamples: int, seed: int, seqlen: int,
+                    data_dir: Path | None) -> torch.Tensor:
+    """Calibration token ids [nsamples, seqlen] from 'c4' (default, as Wanda) or 'wikitext2' (train split)."""
+    return calibration_windows(name, load_calibration_texts(name, data_dir), tokenizer, nsamples, seed, seqlen)
+
+
+def wikitext2_ids(rows: list[str], tokenizer) -> torch.Tensor:
     """The evaluation stream [1, N]: rows joined with '\\n\\n' and tokenised once, exactly as Wanda."""
-    return tokenizer("\n\n".join(load_wikitext2_rows(split, data_dir)), return_tensors="pt").input_ids
+    return tokenizer("\n\n".join(rows), return_tensors="pt").input_ids
+
+
+def get_wikitext2_test_ids(tokenizer, data_dir: Path | None, split: str = "test") -> torch.Tensor:
+    """The evaluation stream [1, N] of one WikiText-2 split (see wikitext2_ids)."""
+    return wikitext2_ids(load_wikitext2_rows(split, data_dir), tokenizer)

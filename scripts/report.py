@@ -103,18 +103,15 @@ def load_runs(paths: list[Path]) -> list[dict]:
 def config_defaults() -> dict | None:
     """PruneConfig's field defaults (from lib/config.py), or None when it cannot be imported."""
     try:
-        sys.path.insert(0, str(REPO))
         import dataclasses
 
         from lib.config import PruneConfig
         return {f.name: f.default for f in dataclasses.fields(PruneConfig)
                 if f.default is not dataclasses.MISSING}
-    except Exception as error:  # the report must still work on results copied away from the repo
+    except Exception as error:  # the report must still work where the package is not installed
         warnings.warn(f"cannot read defaults from lib/config.py ({error}); labelling every hyperparameter "
                       "that varies across the runs instead")
         return None
-    finally:
-        sys.path.remove(str(REPO))
 
 
 def setting_label(config: dict, defaults: dict | None, varying: set[str]) -> str:

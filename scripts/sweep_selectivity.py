@@ -25,8 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report  # noqa: E402  (scripts/report.py, beside this file)
+import report  # scripts/report.py, beside this file (a script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 # Grid axis -> main.py flag. The defaults below include PruneConfig's defaults (0.6, 0.9, 1, 1).

@@ -18,7 +18,6 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # Tiny models gain nothing from threads, and CI machines have 2 cores: avoid oversubscription.
 torch.set_num_threads(1)
 

@@ -10,8 +10,9 @@ import torch
 
 from lib import PruneConfig, prune_model
 from lib.config import ConfigError
-from lib.layerwrapper import WrappedGPT
-from lib.methods import METHODS, magnitude_score, wanda_score
+from lib.methods.wanda import WrappedGPT
+from lib.methods import METHODS
+from lib.methods.wanda import magnitude_score, wanda_score
 from lib.models import find_decoder_layers, find_linears
 from lib.sparsity import check_sparsity, make_mask, make_variant_mask
 from conftest import ARCHS, MORE_ARCHS

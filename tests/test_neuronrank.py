@@ -5,16 +5,18 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
 from lib.config import ConfigError, PruneConfig
-from lib.layerwrapper import WrappedGPT
-from lib.methods import METHODS, wanda_score
+from lib.methods.wanda import WrappedGPT
+from lib.methods import METHODS, find_method
+from lib.methods.wanda import wanda_score
 from lib.models import find_decoder_layers, find_linears
-from lib.neuronrank import NeuronRankCollector, neuronrank_score, top_token_classes
+from lib.methods.neuronrank import NeuronRankCollector, neuronrank_score, top_token_classes
 from lib.structured import find_mlp, prune_neurons, score_channel_importance
 from lib.prune import prune_model
 from lib.sparsity import check_sparsity, make_mask
@@ -144,7 +146,7 @@ def test_factor_reverses_wandas_choice():
 
 
 def _factor(method: str):
-    from lib.neuronrank import fisher_factor, variance_factor
+    from lib.methods.neuronrank import fisher_factor, variance_factor
 
     return fisher_factor if method == "neuronrank_fisher" else variance_factor
 
@@ -163,11 +165,12 @@ def test_neuron_importance_oracle():
     config = PruneConfig(prune_method="neuronrank", nr_granularity="neuron", sparsity_ratio=0.5, nr_exp=2.0)
     expected = f.pow(2) * block.mlp.down.weight.norm(dim=0) * scaler.sqrt()
     dropped = sorted(expected.argsort()[:4].tolist())
-    from lib.neuronrank import neuronrank_channel_importance, variance_factor
+    from lib.methods.neuronrank import neuronrank_score, variance_factor
 
+    score = partial(neuronrank_score, factor=variance_factor)
     with torch.no_grad():
         prune_neurons(block, linears, stats, config,
-                      importance=lambda s, c: neuronrank_channel_importance(s, c, factor=variance_factor))
+                      importance=partial(score_channel_importance, score=score))
     zero_rows = (block.mlp.up.weight == 0).all(1).nonzero().flatten().tolist()
     zero_cols = (block.mlp.down.weight == 0).all(0).nonzero().flatten().tolist()
     assert zero_rows == zero_cols == dropped
@@ -297,7 +300,7 @@ def test_shrink_does_not_touch_the_model_it_was_copied_from():
 ])
 def test_settings_neuronrank_cannot_honour(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as err:
-        PruneConfig(**kwargs)
+        find_method(PruneConfig(**kwargs))
     assert "\n" not in str(err.value)
 
 

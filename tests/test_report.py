@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+import report  # scripts/ is on pytest's pythonpath (pyproject.toml)
+import sweep_selectivity
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import report  # noqa: E402
-import sweep_selectivity  # noqa: E402
 
 DEFAULT_CONFIG = {"prune_method": "wanda", "sparsity_ratio": 0.5, "sparsity_type": "unstructured", "nsamples": 32,
                   "seed": 0, "use_variant": False, "sel_tau_percentile": 0.6, "sel_top_quantile": 0.9,

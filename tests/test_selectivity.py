@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from lib.config import ConfigError, PruneConfig
-from lib.layerwrapper import N_BINS, Scratch, WrappedGPTSelectivity, bin_edges
-from lib.methods import METHODS, wanda_score
+from lib.methods.selectivity import N_BINS, Scratch, WrappedGPTSelectivity, bin_edges
+from lib.methods import METHODS
+from lib.methods.wanda import wanda_score
 from lib.prune import prune_model
-from lib.selectivity import idf_factor, spiky_factor, summarize
+from lib.methods.selectivity import idf, idf_factor, spikiness_ratio, spiky_factor, summarize
 from lib.sparsity import check_sparsity, make_mask
 
 VOCAB = 128
@@ -76,7 +77,12 @@ def collect(x: torch.Tensor, config: PruneConfig, batches: list[int] | None = No
     collector = WrappedGPTSelectivity(x.shape[1], config)
     for chunk in x.split(batches or [x.shape[0]]):
         collector.add_batch(chunk.unsqueeze(0))
-    return collector.finalize()
+    return with_factors(collector.finalize(), config)
+
+
+def with_factors(stats: dict, config: PruneConfig) -> dict[str, torch.Tensor]:
+    """The collector's statistics plus the unexponentiated IDF and R the scores use."""
+    return {**stats, "idf": idf(stats, config), "spikiness": spikiness_ratio(stats, config)}
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -120,7 +126,7 @@ def test_result_does_not_depend_on_batching():
     collector.add_batch(x[:1].unsqueeze(0))  # one token
     collector.add_batch(x[1:500].reshape(1, 499, -1))  # 3-D [1, seq, in]
     collector.add_batch(x[500:1200])  # 2-D [tokens, in]: counts as one sequence, like WrappedGPT
-    uneven = collector.finalize()
+    uneven = with_factors(collector.finalize(), config)
     for name in ("tau", "active_rate", "mean_abs", "top_mean", "idf", "spikiness"):
         torch.testing.assert_close(uneven[name], one[name], rtol=1e-5, atol=1e-7, msg=name)
     torch.testing.assert_close(uneven["scaler_row"] * 3, one["scaler_row"], rtol=1e-5, atol=1e-7)  # 3 sequences vs 1
@@ -247,7 +253,7 @@ def test_clip_limits_and_summary():
     stats = collect(x, config)
     assert float(idf_factor(stats, config).max()) <= 1.0 and float(spiky_factor(stats, config).max()) <= 2.0
     assert float(spiky_factor(stats, config).min()) >= 1.0
-    summary = summarize(stats)
+    summary = summarize(stats, config)
     assert summary["idf_zero_channels"] == 1 and summary["channels"] == 4
     assert summary["spikiness"]["max"] == pytest.approx(2.0)
     assert summary["tau"] == pytest.approx(float(stats["tau"]), rel=1e-5)

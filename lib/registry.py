@@ -1,4 +1,4 @@
-"""The method registry. A method is a name, the collectors it needs, and a pure function.
+"""The method registry: a name, the collectors it needs, and pure functions. Imports no method.
 
 Score methods: `score(W [out, in], stats, config) -> scores [out, in]`, low score = pruned, masked by the one
 mask function (per row, or per layer for magnitude; N:M when asked).
@@ -6,19 +6,22 @@ Reconstruction methods (SparseGPT and the ablations): `update(W [out, in], stats
 with the pruned weights set to zero and the rest adjusted.
 Layer methods (structured, e.g. NeuronRank neurons): `prune_layer(layer, linears, stats, config)`.
 
-Adding a method: write the function, `register(Method(...))` it in its module, import the module at the
-bottom of this file, and add an oracle test. The CLI's --prune_method choices come from METHODS.
+Method families live in `lib/methods/`, one module each, registering themselves on import; `lib.methods`
+imports them all. A new method is one module there and one oracle test (IMPLEMENTATION_SUMMARY.md).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+from lib.config import ConfigError, PruneConfig, suggest
 
-from lib.config import ConfigError, PruneConfig
-from lib.layerwrapper import Collector, WrappedGPT
-from lib.structured import neuron_pruner
+if TYPE_CHECKING:
+    import torch
+
+    from lib.collectors import Collector
+
+Score = Callable[["torch.Tensor", dict, PruneConfig], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -27,18 +30,18 @@ class Method:
 
     name: str
     collectors: tuple[type[Collector], ...]
-    score: Callable[[torch.Tensor, dict, PruneConfig], torch.Tensor] | None = None
-    update: Callable[[torch.Tensor, dict, PruneConfig], torch.Tensor] | None = None
+    score: Score | None = None
+    update: Score | None = None
     prune_layer: Callable | None = None
     group: str = "row"
     supports_variant: bool = False
     # Optional: a function(config) raising ConfigError for settings this method cannot honour.
     check: Callable[[PruneConfig], None] | None = None
-    # Optional: a function(stats) -> small JSON-able summary, recorded per linear with --save_stats.
-    summarize: Callable[[dict], dict] | None = None
+    # Optional: a function(stats, config) -> small JSON-able summary, recorded per linear with --save_stats.
+    summarize: Callable[[dict, PruneConfig], dict] | None = None
     # Optional: a function(calib_ids [n, seqlen], config) -> dict, run once before the layer walk; its items are
     # keyword arguments to every collector's constructor (NeuronRank's top-K token classes).
-    prepare: Callable[[torch.Tensor, PruneConfig], dict] | None = None
+    prepare: Callable[["torch.Tensor", PruneConfig], dict] | None = None
     # Optional: a function(config) -> True when this run uses prune_layer rather than score/update (one method
     # name, two granularities: --nr_granularity). Without it, prune_layer is used whenever it is set.
     structured: Callable[[PruneConfig], bool] | None = None
@@ -83,23 +86,11 @@ def register(method: Method) -> Method:
     return method
 
 
-def magnitude_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
-    """|W_ij| [out, in]."""
-    return W.abs()
-
-
-def wanda_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
-    """Wanda: |W_ij| * ||X_j||_2 [out, in]."""
-    return W.abs() * stats["scaler_row"].to(W.device).sqrt().unsqueeze(0)
-
-
-register(Method("magnitude", (), score=magnitude_score, group="layer",
-                help="|W|, compared over the whole layer"))
-register(Method("wanda", (WrappedGPT,), score=wanda_score, supports_variant=True, **neuron_pruner(wanda_score),
-                help="|W| * ||X||, compared per output row; or MLP neurons by ||X_j|| * ||W_down[:, j]||"))
-
-# Modules below register more methods on import.
-import lib.sparsegpt  # noqa: E402,F401
-import lib.ablate  # noqa: E402,F401
-import lib.neuronrank  # noqa: E402,F401
-import lib.selectivity  # noqa: E402,F401
+def find_method(config: PruneConfig) -> Method:
+    """The registered method config.prune_method names, after checking it can honour the config."""
+    method = METHODS.get(config.prune_method)
+    if method is None:
+        raise ConfigError(f"unknown prune_method '{config.prune_method}'"
+                          f"{suggest(config.prune_method, sorted(METHODS))}; choose from {sorted(METHODS)}")
+    method.validate(config)
+    return method

@@ -12,9 +12,9 @@ from functools import partial
 import torch
 
 from lib.config import PruneConfig
-from lib.layerwrapper import HessianCollector, WrappedGPT
-from lib.methods import Method, magnitude_score, register, wanda_score
-from lib.sparsegpt import check_blocksize, sparsegpt_reconstruct
+from lib.methods.sparsegpt import HessianCollector, check_blocksize, sparsegpt_reconstruct
+from lib.methods.wanda import WrappedGPT, magnitude_score, wanda_score
+from lib.registry import Method, register
 from lib.sparsity import make_mask
 
 

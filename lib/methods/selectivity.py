@@ -1,10 +1,11 @@
-"""Statistics collectors: one per linear layer input, fed by a forward hook during the calibration pass.
+"""Selectivity-weighted Wanda: wanda_idf, wanda_spiky, wanda_select (SELECTIVITY.md).
 
-A collector keeps running sums and counts and divides only in `finalize`, so its result does not depend on
-how tokens were batched, and it never stores activations (memory is independent of the token count).
-Contract: `__init__(in_features, config)`, `add_batch(x [..., in], token_ids [...] | None)`,
-`finalize() -> dict[str, Tensor]`. Finalised tensors are shared by linears that read the same input
-(q/k/v, gate/up), so consumers must not modify them in place.
+S_ij = |W_ij| * ||X_j||_2 * IDF_j ** sel_idf_exp * R_j ** sel_spiky_exp, with IDF (how rarely input channel j is
+active, borrowed from text retrieval) and R (how much larger its top activations are than its mean) from the
+same single calibration pass as Wanda's norm (`WrappedGPTSelectivity`). Exponent 0 gives Wanda exactly.
+
+The factor functions take any stats dict holding active_rate / top_mean / mean_abs of shape [in] and return
+[in], so they apply at other granularities (e.g. neurons) unchanged.
 """
 from __future__ import annotations
 
@@ -12,63 +13,41 @@ import math
 
 import torch
 
+from lib.collectors import samples_and_rows
 from lib.config import PruneConfig
+from lib.methods.wanda import WrappedGPT, wanda_score
+from lib.registry import Method, register
+from lib.structured import neuron_pruner
 
 
-class Collector:
-    """Base class; subclasses set the statistics they publish in `finalize`."""
-
-    def __init__(self, in_features: int, config: PruneConfig) -> None:
-        self.in_features = in_features
-        self.config = config
-
-    def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
-        raise NotImplementedError
-
-    def finalize(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+def inverse_document_frequency(active_rate: torch.Tensor, clip_max: float, clip_min: float = 0.0) -> torch.Tensor:
+    """IDF_j = log(1 / p_j) clipped to [clip_min, clip_max] (default [0, clip_max]); p_j = 0 gives clip_max. [in] -> [in]."""
+    return torch.log(1.0 / active_rate.double()).clamp(clip_min, clip_max).float()
 
 
-def _samples_and_rows(x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """x [batch, seq, in] or [tokens, in] -> (sequences in it, x as [tokens, in] float32)."""
-    samples = x.shape[0] if x.dim() == 3 else 1
-    return samples, x.reshape(-1, x.shape[-1]).float()
+def spikiness(top_mean: torch.Tensor, mean_abs: torch.Tensor, clip_max: float, eps: float = 1e-10) -> torch.Tensor:
+    """R_j = mu_top_j / (mu_j + eps) clipped to [1, clip_max]. [in], [in] -> [in]."""
+    return (top_mean.double() / (mean_abs.double() + eps)).clamp(1.0, clip_max).float()
 
 
-class WrappedGPT(Collector):
-    """Wanda's statistic: scaler_row [in] = sum_t x_tj^2 / (number of calibration sequences)."""
-
-    def __init__(self, in_features: int, config: PruneConfig) -> None:
-        super().__init__(in_features, config)
-        self.sum_sq = torch.zeros(in_features, dtype=torch.float64)
-        self.nsamples = 0
-
-    def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
-        samples, rows = _samples_and_rows(x)
-        self.sum_sq = self.sum_sq.to(rows.device)
-        self.sum_sq += rows.pow(2).sum(dim=0, dtype=torch.float64)
-        self.nsamples += samples
-
-    def finalize(self) -> dict[str, torch.Tensor]:
-        return {"scaler_row": (self.sum_sq / max(self.nsamples, 1)).float()}
+def idf(stats: dict, config: PruneConfig) -> torch.Tensor:
+    """IDF_j [in] of one linear's input channels, clipped to [sel_idf_clip_min, sel_idf_clip_max]."""
+    return inverse_document_frequency(stats["active_rate"], config.sel_idf_clip_max, config.sel_idf_clip_min)
 
 
-class HessianCollector(Collector):
-    """SparseGPT's layer Hessian H [in, in] = 2 X X^T / (number of calibration sequences)."""
+def spikiness_ratio(stats: dict, config: PruneConfig) -> torch.Tensor:
+    """R_j [in] of one linear's input channels, clipped to [1, sel_spiky_clip_max]."""
+    return spikiness(stats["top_mean"], stats["mean_abs"], config.sel_spiky_clip_max)
 
-    def __init__(self, in_features: int, config: PruneConfig) -> None:
-        super().__init__(in_features, config)
-        self.xxt = torch.zeros(in_features, in_features, dtype=torch.float32)
-        self.nsamples = 0
 
-    def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
-        samples, rows = _samples_and_rows(x)
-        self.xxt = self.xxt.to(rows.device)
-        self.xxt.addmm_(rows.t(), rows)
-        self.nsamples += samples
+def idf_factor(stats: dict, config: PruneConfig) -> torch.Tensor:
+    """IDF_j ** sel_idf_exp [in], IDF clipped to [sel_idf_clip_min, sel_idf_clip_max] (default [0, 10])."""
+    return idf(stats, config).pow(config.sel_idf_exp)
 
-    def finalize(self) -> dict[str, torch.Tensor]:
-        return {"hessian": 2.0 * self.xxt / max(self.nsamples, 1)}
+
+def spiky_factor(stats: dict, config: PruneConfig) -> torch.Tensor:
+    """R_j ** sel_spiky_exp [in], R clipped to [1, sel_spiky_clip_max]."""
+    return spikiness_ratio(stats, config).pow(config.sel_spiky_exp)
 
 
 # Selectivity histogram bins (SELECTIVITY.md, "Streaming statistics"). Bin k of a channel's histogram is read
@@ -95,16 +74,6 @@ def bin_edges() -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
-def inverse_document_frequency(active_rate: torch.Tensor, clip_max: float, clip_min: float = 0.0) -> torch.Tensor:
-    """IDF_j = log(1 / p_j) clipped to [clip_min, clip_max] (default [0, clip_max]); p_j = 0 gives clip_max. [in] -> [in]."""
-    return torch.log(1.0 / active_rate.double()).clamp(clip_min, clip_max).float()
-
-
-def spikiness(top_mean: torch.Tensor, mean_abs: torch.Tensor, clip_max: float, eps: float = 1e-10) -> torch.Tensor:
-    """R_j = mu_top_j / (mu_j + eps) clipped to [1, clip_max]. [in], [in] -> [in]."""
-    return (top_mean.double() / (mean_abs.double() + eps)).clamp(1.0, clip_max).float()
-
-
 class Scratch:
     """One reusable float32 buffer for the |x| of a batch, shared by a run's selectivity collectors.
 
@@ -129,8 +98,8 @@ class WrappedGPTSelectivity(WrappedGPT):
 
     State per input channel: N_BINS exact counts, and the exact Σ|x|, Σx² and max|x|: 485 numbers, whatever
     the number of calibration tokens. Counts, sums and maxima do not depend on how tokens were batched.
-    Publishes scaler_row, tau (layer-wide), active_rate (p), mean_abs (mu), top_mean (mu_top), idf, spikiness
-    (R, with this config's clips), all [in] except tau [].
+    Publishes scaler_row, tau (layer-wide), active_rate (p), mean_abs (mu), top_mean (mu_top), all [in] except
+    tau []; IDF and R are computed from them by `idf` and `spikiness_ratio`.
     """
 
     def __init__(self, in_features: int, config: PruneConfig, scratch: Scratch | None = None) -> None:
@@ -142,7 +111,7 @@ class WrappedGPTSelectivity(WrappedGPT):
         self.ntokens = 0
 
     def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
-        samples, rows = _samples_and_rows(x)
+        samples, rows = samples_and_rows(x)
         device, channels = rows.device, self.in_features
         if self.counts is None:
             # Lazily: linears that alias another's input (k, v, up) never receive a batch and cost nothing.
@@ -168,15 +137,11 @@ class WrappedGPTSelectivity(WrappedGPT):
 
     def finalize(self) -> dict[str, torch.Tensor]:
         stats = super().finalize()
-        cfg = self.config
         if self.counts is None or self.ntokens == 0:
             raise RuntimeError("WrappedGPTSelectivity.finalize() before any add_batch()")
         stats.update(selectivity_from_histogram(self.counts.view(self.in_features, N_BINS), self.sum_abs,
-                                                self.max_abs, self.ntokens, cfg.sel_tau_percentile,
-                                                cfg.sel_top_quantile))
-        stats["idf"] = inverse_document_frequency(stats["active_rate"], cfg.sel_idf_clip_max,
-                                                  cfg.sel_idf_clip_min)
-        stats["spikiness"] = spikiness(stats["top_mean"], stats["mean_abs"], cfg.sel_spiky_clip_max)
+                                                self.max_abs, self.ntokens, self.config.sel_tau_percentile,
+                                                self.config.sel_top_quantile))
         return stats
 
 
@@ -249,3 +214,48 @@ def _bin_of(values: torch.Tensor) -> torch.Tensor:
     """Histogram bin index (0 .. N_BINS - 1, int64) of non-negative float32 values, any shape."""
     bits = torch.bitwise_right_shift(values.contiguous().view(torch.int32), _BIT_SHIFT)
     return (bits - _BIN_OFFSET).clamp(0, N_BINS - 1).long()
+
+
+def wanda_idf_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
+    """|W_ij| * ||X_j|| * IDF_j^a [out, in]."""
+    return wanda_score(W, stats, config) * idf_factor(stats, config).to(W.device).unsqueeze(0)
+
+
+def wanda_spiky_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
+    """|W_ij| * ||X_j|| * R_j^b [out, in]."""
+    return wanda_score(W, stats, config) * spiky_factor(stats, config).to(W.device).unsqueeze(0)
+
+
+def wanda_select_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
+    """|W_ij| * ||X_j|| * IDF_j^a * R_j^b [out, in]."""
+    factor = idf_factor(stats, config) * spiky_factor(stats, config)
+    return wanda_score(W, stats, config) * factor.to(W.device).unsqueeze(0)
+
+
+def _quantiles(values: torch.Tensor) -> dict[str, float]:
+    """min / p10 / median / p90 / max of a [in] tensor, as floats."""
+    qs = torch.quantile(values.double(), torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64))
+    return {name: round(float(v), 6) for name, v in zip(("min", "p10", "p50", "p90", "max"), qs)}
+
+
+def summarize(stats: dict, config: PruneConfig) -> dict:
+    """What the factors did to one linear's input channels (for --save_stats): a small JSON-able dict."""
+    idf_j, spiky = idf(stats, config), spikiness_ratio(stats, config)
+    return {
+        "tau": round(float(stats["tau"]), 8),
+        "channels": int(idf_j.numel()),
+        "idf_zero_channels": int((stats["active_rate"] >= 1.0).sum()),  # active on every token: all weights lost
+        "never_active_channels": int((stats["active_rate"] <= 0.0).sum()),  # IDF at its clip
+        "active_rate_mean": round(float(stats["active_rate"].double().mean()), 6),
+        "idf": _quantiles(idf_j),
+        "spikiness": _quantiles(spiky),
+    }
+
+
+for _name, _score, _help in [
+    ("wanda_idf", wanda_idf_score, "|W| * ||X|| * IDF (rarely active input channels weigh more)"),
+    ("wanda_spiky", wanda_spiky_score, "|W| * ||X|| * R (input channels with rare large peaks weigh more)"),
+    ("wanda_select", wanda_select_score, "|W| * ||X|| * IDF * R"),
+]:
+    register(Method(_name, (WrappedGPTSelectivity,), score=_score, supports_variant=True, summarize=summarize,
+                    prepare=lambda calib_ids, config: {"scratch": Scratch()}, help=_help, **neuron_pruner(_score)))

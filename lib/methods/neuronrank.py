@@ -21,10 +21,10 @@ from typing import Callable
 
 import torch
 
+from lib.collectors import Collector
 from lib.config import ConfigError, PruneConfig
-from lib.layerwrapper import Collector
-from lib.methods import Method, register
-from lib.structured import neuron_granularity, prune_neurons
+from lib.registry import Method, register
+from lib.structured import neuron_pruner
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +154,6 @@ def neuronrank_score(W: torch.Tensor, stats: dict, config: PruneConfig,
     return W.abs() * column.to(W.device).unsqueeze(0)
 
 
-def neuronrank_channel_importance(stats: dict, config: PruneConfig,
-                                  factor: Callable[[dict], torch.Tensor]) -> torch.Tensor:
-    """f_j^gamma * ||X_j||_2 [in] (f divided by its mean, which leaves the ranking within a layer unchanged)."""
-    return relative_factor(factor(stats), config.nr_exp) * stats["scaler_row"].sqrt()
-
-
 def check_neuronrank(config: PruneConfig, needs_classes: bool) -> None:
     """Settings NeuronRank cannot honour, one line each."""
     if needs_classes and config.neuronrank_max_classes == 0:
@@ -169,7 +163,7 @@ def check_neuronrank(config: PruneConfig, needs_classes: bool) -> None:
         raise ConfigError(f"nr_exp {config.nr_exp} must be >= 0 (0 gives plain Wanda scores)")
 
 
-def summarize_neuronrank(stats: dict) -> dict:
+def summarize_neuronrank(stats: dict, config: PruneConfig) -> dict:
     """Means of the channel statistics and the classified-token count, for --save_stats."""
     summary = {name: round(stats[name].mean().item(), 6) for name in
                ("nr_var", "nr_sample_mean_var", "nr_between", "nr_within", "nr_fisher")}
@@ -181,9 +175,7 @@ def summarize_neuronrank(stats: dict) -> dict:
 for _name, _factor, _needs_classes, _what in [
         ("neuronrank", variance_factor, False, "activation variance + class-mean variance"),
         ("neuronrank_fisher", fisher_factor, True, "Fisher ratio between/within token classes")]:
-    register(Method(_name, (NeuronRankCollector,), score=partial(neuronrank_score, factor=_factor),
-                    prune_layer=partial(prune_neurons, importance=partial(neuronrank_channel_importance,
-                                                                          factor=_factor)),
-                    structured=neuron_granularity, prepare=prepare_classes, supports_variant=True,
-                    check=partial(check_neuronrank, needs_classes=_needs_classes), summarize=summarize_neuronrank,
-                    help=f"Wanda x ({_what}); --nr_granularity weight or neuron"))
+    _score = partial(neuronrank_score, factor=_factor)
+    register(Method(_name, (NeuronRankCollector,), score=_score, **neuron_pruner(_score), prepare=prepare_classes,
+                    supports_variant=True, check=partial(check_neuronrank, needs_classes=_needs_classes),
+                    summarize=summarize_neuronrank, help=f"Wanda x ({_what}); --nr_granularity weight or neuron"))

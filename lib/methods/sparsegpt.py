@@ -11,9 +11,30 @@ from typing import Callable
 
 import torch
 
+from lib.collectors import Collector, samples_and_rows
 from lib.config import ConfigError, PruneConfig
-from lib.layerwrapper import HessianCollector
+from lib.registry import Method, register
 from lib.sparsity import make_mask
+
+
+
+class HessianCollector(Collector):
+    """SparseGPT's layer Hessian H [in, in] = 2 X X^T / (number of calibration sequences)."""
+
+    def __init__(self, in_features: int, config: PruneConfig) -> None:
+        super().__init__(in_features, config)
+        self.xxt = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.nsamples = 0
+
+    def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
+        samples, rows = samples_and_rows(x)
+        self.xxt = self.xxt.to(rows.device)
+        self.xxt.addmm_(rows.t(), rows)
+        self.nsamples += samples
+
+    def finalize(self) -> dict[str, torch.Tensor]:
+        return {"hessian": 2.0 * self.xxt / max(self.nsamples, 1)}
+
 
 # (W columns [out, c], diag of H^-1 for them [c], first column index) -> scores [out, c], low = pruned.
 BlockScore = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -87,9 +108,6 @@ def check_blocksize(config: PruneConfig) -> None:
     if config.prune_m and config.blocksize % config.prune_m:
         raise ConfigError(f"blocksize {config.blocksize} must be a multiple of M={config.prune_m} "
                           f"for {config.sparsity_type}")
-
-
-from lib.methods import Method, register  # noqa: E402  (methods imports this module at its end)
 
 register(Method("sparsegpt", (HessianCollector,), update=sparsegpt_update, check=check_blocksize,
                 help="OBS reconstruction, mask chosen per 128-column block"))

@@ -1,0 +1,71 @@
+"""Command lines built from the settings dataclasses: each field's metadata is its flag (the only module that
+touches argparse besides the entry points themselves).
+
+    parser = OneLineParser(); add_settings(parser, PruneConfig); config = settings_from(PruneConfig, parser.parse_args())
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import types
+import typing
+from typing import Any, Callable
+
+from lib.config import ConfigError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad flags in one line, like every other input error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """A float flag's value; NaN and inf are refused (no setting means them)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def _flag_type(hint: Any) -> type:
+    """int / float / str / bool from a field's type hint (Optional unwrapped)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the settings dataclass cls, in argument groups named by the fields' metadata."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        flags = meta["flags"] or (f"--{f.name}",)
+        kind = _flag_type(hints[f.name])
+        if kind is bool:
+            group.add_argument(*flags, dest=f.name, action="store_true", help=meta["help"])
+        else:
+            # Choices are checked by the dataclass (one message style for every bad value), shown here.
+            metavar = "{" + ",".join(meta["choices"]) + "}" if meta["choices"] else kind.__name__.upper()
+            group.add_argument(*flags, dest=f.name, default=f.default, help=meta["help"], metavar=metavar,
+                               type={float: finite_float, int: int, str: str}[kind])
+
+
+def settings_from(cls: type, args: argparse.Namespace) -> Any:
+    """The validated settings dataclass cls from parsed flags (ConfigError on a bad value)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def run_cli(main: Callable[[], Any]) -> int:
+    """Call main(); a ConfigError becomes one line on stderr and exit status 2."""
+    try:
+        main()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
