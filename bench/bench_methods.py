@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from common import bench_parser, peak_rss_mb, pin_malloc, prune_once, run_child  # noqa: E402  (bench/ is on sys.path when run)
+from common import bench_parser, peak_rss_mb, pin_malloc, prune_once, run_child  # bench/ is on sys.path when run
 from lib.data import get_calibration, resolve_data_dir
 from lib.models import find_decoder_layers, load_model
 from lib.prune import capture_layer_inputs, hidden_of

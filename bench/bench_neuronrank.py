@@ -19,35 +19,18 @@ import time
 
 import torch
 
-from common import bench_parser, peak_rss_mb, pin_malloc, run_child as run_script  # noqa: E402
-from lib.config import PruneConfig  # noqa: E402
-from lib.data import get_calibration, resolve_data_dir  # noqa: E402
-from lib.models import load_model  # noqa: E402
-from lib.prune import prune_model  # noqa: E402
+from common import bench_parser, load_calibrated, pin_malloc, print_cost_table, prune_once
+from common import run_child as run_script
+from lib.config import PruneConfig
+from lib.prune import prune_model
 
 PRUNE_METHODS = ("wanda", "neuronrank", "neuronrank_fisher")
 SHRINK_RATIOS = (0.25, 0.5)
 
 
-def load(args: argparse.Namespace):
-    """-> (model, calibration ids [nsamples, seqlen]) exactly as main.py's quick protocol gets them."""
-    model, tokenizer = load_model(args.model, dtype=torch.float32)
-    calib = get_calibration("c4", tokenizer, args.nsamples, args.seed, args.seqlen, resolve_data_dir(None))
-    # safetensors weights are memory-mapped: touch them all so the loaded RSS includes the model and the
-    # pruning's own memory is what rises above it.
-    sum(p.float().sum().item() for p in model.parameters())
-    return model, calib
-
-
 def child_prune(args: argparse.Namespace) -> dict:
-    """Prune once with one method; seconds and peak RSS before/after."""
-    model, calib = load(args)
-    before = peak_rss_mb()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    prune_model(model, calib, PruneConfig(prune_method=args.method, sparsity_ratio=0.5, nsamples=args.nsamples,
-                                          seed=args.seed))
-    return {"method": args.method, "seconds": time.perf_counter() - start,
-            "cpu_seconds": time.process_time() - cpu_start, "rss_loaded_mb": before, "rss_peak_mb": peak_rss_mb()}
+    """Prune once with one method, 50% unstructured; seconds and peak RSS before/after."""
+    return prune_once(args.model, args.method, args.nsamples, args.seqlen, args.seed, "unstructured")
 
 
 @torch.no_grad()
@@ -60,7 +43,7 @@ def forward_seconds(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, f
 
 def child_shrink(args: argparse.Namespace) -> dict:
     """Prune MLP neurons with shrink; parameters and tokens/s of dense vs shrunk, timed alternately."""
-    model, calib = load(args)
+    model, calib = load_calibrated(args.model, args.nsamples, args.seed, args.seqlen)
     dense = copy.deepcopy(model)
     prune_model(model, calib, PruneConfig(prune_method=args.method, sparsity_ratio=args.ratio, nsamples=args.nsamples,
                                           seed=args.seed, nr_granularity="neuron", shrink=True))
@@ -89,14 +72,7 @@ def cost(args: argparse.Namespace) -> None:
     """Part 1: prune time and peak RSS per method, ratios to wanda."""
     print("\n## Pruning cost, weight granularity 50% unstructured (one fresh process per method)")
     print("(wall seconds depend on what else the CPU runs; CPU seconds, all threads, much less)")
-    print(f"{'method':<20}{'wall s':>8}{'x wanda':>9}{'CPU s':>8}{'x wanda':>9}{'peak RSS MiB':>14}{'x wanda':>9}"
-          f"{'above load MiB':>16}")
-    rows = {m: run_child(args, "prune", "--method", m) for m in PRUNE_METHODS}
-    base = rows["wanda"]
-    for m, r in rows.items():
-        print(f"{m:<20}{r['seconds']:>8.1f}{r['seconds'] / base['seconds']:>9.2f}{r['cpu_seconds']:>8.1f}"
-              f"{r['cpu_seconds'] / base['cpu_seconds']:>9.2f}{r['rss_peak_mb']:>14.0f}"
-              f"{r['rss_peak_mb'] / base['rss_peak_mb']:>9.2f}{r['rss_peak_mb'] - r['rss_loaded_mb']:>16.0f}")
+    print_cost_table({m: run_child(args, "prune", "--method", m) for m in PRUNE_METHODS}, width=20)
 
 
 def shrink(args: argparse.Namespace) -> None:

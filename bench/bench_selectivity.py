@@ -22,43 +22,27 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
 
 import torch
 
-from common import bench_parser, peak_rss_mb, pin_malloc, run_child  # noqa: E402  (bench/ is on sys.path when run)
-from lib.config import PruneConfig, parse_sparsity_type
-from lib.data import get_calibration, resolve_data_dir
+from common import bench_parser, pin_malloc, print_cost_table, prune_once, run_child  # bench/ is on sys.path when run
+from lib.config import PruneConfig
 from lib.methods.selectivity import Scratch, WrappedGPTSelectivity
 from lib.methods.wanda import WrappedGPT
 from lib.models import load_model
-from lib.prune import calib_batch_size, prune_model
+from lib.prune import calib_batch_size
 
 METHODS = ("wanda", "wanda_idf", "wanda_spiky", "wanda_select")
-
-
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def child_prune(args: argparse.Namespace) -> dict:
     """Load the model and the quick protocol's calibration ids, prune once with one method; seconds and RSS."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, dtype=torch.float32)
-    calib = get_calibration("c4", tokenizer, args.nsamples, args.seed, args.seqlen, resolve_data_dir(None))
-    n, m = parse_sparsity_type(args.sparsity_type)
-    config = PruneConfig(prune_method=args.method, sparsity_ratio=n / m if m else 0.5,
-                         sparsity_type=args.sparsity_type, nsamples=args.nsamples, seed=args.seed)
-    loaded, cpu, start = peak_rss_mb(), cpu_seconds(), time.perf_counter()
-    prune_model(model, calib, config)
-    return {"method": args.method, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu,
-            "rss_loaded_mb": loaded, "rss_peak_mb": peak_rss_mb(), "threads": torch.get_num_threads()}
+    return prune_once(args.model, args.method, args.nsamples, args.seqlen, args.seed, args.sparsity_type)
 
 
 def collector_seconds(channels: int, seqlen: int, nsamples: int, cls: type) -> float:
@@ -102,14 +86,8 @@ def main() -> None:
           f"{platform.machine()}, load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     keys = ("seconds", "cpu_seconds", "rss_peak_mb", "rss_loaded_mb")
     rows = {m: {k: statistics.median(run[k] for run in rs) for k in keys} for m, rs in runs.items()}
-    base = rows["wanda"]
     print("\n## prune_model, one fresh process per method (medians over rounds)")
-    print(f"{'method':<14}{'wall s':>8}{'x wanda':>9}{'CPU s':>8}{'x wanda':>9}{'peak RSS MiB':>14}{'x wanda':>9}"
-          f"{'above load MiB':>16}")
-    for m, r in rows.items():
-        print(f"{m:<14}{r['seconds']:>8.1f}{r['seconds'] / base['seconds']:>9.3f}{r['cpu_seconds']:>8.1f}"
-              f"{r['cpu_seconds'] / base['cpu_seconds']:>9.3f}{r['rss_peak_mb']:>14.0f}"
-              f"{r['rss_peak_mb'] / base['rss_peak_mb']:>9.3f}{r['rss_peak_mb'] - r['rss_loaded_mb']:>16.0f}")
+    print_cost_table(rows)
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lib.config import PruneConfig, parse_sparsity_type
+from lib.config import PruneConfig
 from lib.data import get_calibration, resolve_data_dir
 from lib.models import load_model
 from lib.prune import prune_model
@@ -48,19 +48,49 @@ def pin_malloc(threshold: int) -> str:
     return os.environ.get("MALLOC_MMAP_THRESHOLD_", "unset")
 
 
-def prune_once(model_name: str, method: str, nsamples: int, seqlen: int, seed: int, sparsity_type: str,
-               ratio: float | None = None, **overrides) -> dict:
-    """Load, draw calibration, prune once in this process; -> seconds of prune_model and RSS before/after."""
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all threads)."""
+    return time.process_time()
+
+
+def load_calibrated(model_name: str, nsamples: int, seed: int, seqlen: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """-> (float32 model, C4 calibration ids [nsamples, seqlen]) as main.py gets them, every weight touched.
+
+    safetensors weights are memory-mapped: touching them makes the loaded RSS include the model, so what rises
+    above it is the pruning's own memory.
+    """
     model, tokenizer = load_model(model_name, dtype=torch.float32)
     calib = get_calibration("c4", tokenizer, nsamples, seed, seqlen, resolve_data_dir(None))
-    loaded = peak_rss_mb()
-    n, m = parse_sparsity_type(sparsity_type)
-    config = PruneConfig(prune_method=method, sparsity_ratio=ratio if ratio is not None else (n / m if m else 0.5),
-                         sparsity_type=sparsity_type, nsamples=nsamples, seed=seed, **overrides)
-    start = time.perf_counter()
+    sum(p.float().sum().item() for p in model.parameters())
+    return model, calib
+
+
+def timed_prune(model: torch.nn.Module, calib: torch.Tensor, config: PruneConfig) -> dict:
+    """prune_model once -> wall and CPU seconds, peak RSS before (loaded) and after, in MiB."""
+    loaded, cpu, start = peak_rss_mb(), cpu_seconds(), time.perf_counter()
     prune_model(model, calib, config)
-    return {"method": method, "seconds": time.perf_counter() - start, "rss_loaded_mb": loaded,
-            "rss_peak_mb": peak_rss_mb()}
+    return {"method": config.prune_method, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu,
+            "rss_loaded_mb": loaded, "rss_peak_mb": peak_rss_mb(), "threads": torch.get_num_threads()}
+
+
+def prune_once(model_name: str, method: str, nsamples: int, seqlen: int, seed: int, sparsity_type: str,
+               ratio: float | None = None, **overrides) -> dict:
+    """Load, draw calibration, prune once in this process -> timed_prune's measurements."""
+    model, calib = load_calibrated(model_name, nsamples, seed, seqlen)
+    config = PruneConfig(prune_method=method, sparsity_ratio=ratio, sparsity_type=sparsity_type, nsamples=nsamples,
+                         seed=seed, **overrides)
+    return timed_prune(model, calib, config)
+
+
+def print_cost_table(rows: dict[str, dict], width: int = 14) -> None:
+    """Wall s, CPU s and peak RSS per method, each with its ratio to wanda (the first row if wanda is absent)."""
+    base = rows.get("wanda") or next(iter(rows.values()))
+    print(f"{'method':<{width}}{'wall s':>8}{'x wanda':>9}{'CPU s':>8}{'x wanda':>9}{'peak RSS MiB':>14}{'x wanda':>9}"
+          f"{'above load MiB':>16}")
+    for m, r in rows.items():
+        print(f"{m:<{width}}{r['seconds']:>8.1f}{r['seconds'] / base['seconds']:>9.3f}{r['cpu_seconds']:>8.1f}"
+              f"{r['cpu_seconds'] / base['cpu_seconds']:>9.3f}{r['rss_peak_mb']:>14.0f}"
+              f"{r['rss_peak_mb'] / base['rss_peak_mb']:>9.3f}{r['rss_peak_mb'] - r['rss_loaded_mb']:>16.0f}")
 
 
 def run_child(script: str, argv: list[str]) -> dict:

@@ -5,6 +5,14 @@ Notebook use (no CLI):
     report = prune_model(model, calib_ids, PruneConfig(prune_method="wanda", sparsity_ratio=0.5))
 """
 from lib.config import ConfigError, PruneConfig
-from lib.prune import prune_model
 
 __all__ = ["ConfigError", "PruneConfig", "prune_model"]
+
+
+def __getattr__(name: str):
+    # prune_model on first use, so that `import lib.config` (the CLI's checks, scripts) does not load torch.
+    if name == "prune_model":
+        from lib.prune import prune_model
+
+        return prune_model
+    raise AttributeError(f"module 'lib' has no attribute '{name}'")

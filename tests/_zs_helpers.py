@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from conftest import make_tiny_model
 
 SPECIALS = ["<s>", "</s>", "<unk>", "<pad>"]
 
@@ -27,12 +29,9 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    """The STYLE.md tiny LLaMA (2 layers, width 64), eval mode, fixed seed."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=512,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=3)
-    return LlamaForCausalLM(config).eval()
+    """The STYLE.md tiny LLaMA (2 layers, width 64), eval mode, fixed seed, with this tokenizer's special ids."""
+    return make_tiny_model("llama", vocab_size, seed, max_position_embeddings=512, bos_token_id=0, eos_token_id=1,
+                           pad_token_id=3)
 
 
 def magnitude_prune_(model: torch.nn.Module, ratio: float = 0.5) -> None:

@@ -9,7 +9,6 @@ import gzip
 import json
 import os
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,36 +29,31 @@ WORDS = ("the cat dog sat on mat a big red blue run ran fast slow tree house riv
          "king queen moon sun star sky sea land fire water").split()
 
 
-def make_tiny_model(arch: str, vocab_size: int = 128, seed: int = 0):
-    """A 2-layer model of one family with widths divisible by 8, in eval mode."""
-    from transformers import (GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, OPTConfig,
-                              OPTForCausalLM)
+def make_tiny_model(arch: str, vocab_size: int = 128, seed: int = 0, **overrides):
+    """A 2-layer model of one family with widths divisible by 8, in eval mode; overrides go to its config."""
+    import transformers
 
-    torch.manual_seed(seed)
+    families = {"llama": "Llama", "opt": "OPT", "neox": "GPTNeoX", "qwen2": "Qwen2", "qwen3": "Qwen3",
+                "mistral": "Mistral", "gemma2": "Gemma2", "phi3": "Phi3", "falcon": "Falcon"}
+    if arch not in families:
+        raise ValueError(f"unknown tiny arch '{arch}'; choose from {sorted(families)}")
+    kwargs = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=vocab_size,
+                  max_position_embeddings=256)
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
-                                             max_position_embeddings=256))
+        kwargs.update(intermediate_size=128, num_key_value_heads=2)
     elif arch == "opt":
-        model = OPTForCausalLM(OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                                         vocab_size=vocab_size, word_embed_proj_dim=64, max_position_embeddings=256))
+        kwargs.update(ffn_dim=128, word_embed_proj_dim=64)
     elif arch == "neox":
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=4, vocab_size=vocab_size,
-                                                 max_position_embeddings=256))
+        kwargs.update(intermediate_size=128)
     elif arch in MORE_ARCHS:
-        import transformers
-
-        name = {"qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral", "gemma2": "Gemma2", "phi3": "Phi3",
-                "falcon": "Falcon"}[arch]
-        extra = {} if arch == "falcon" else {"intermediate_size": 128, "num_key_value_heads": 2, "head_dim": 16}
-        config = getattr(transformers, f"{name}Config")(
-            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=vocab_size,
-            max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=1, **extra)
-        model = getattr(transformers, f"{name}ForCausalLM")(config)
-    else:
-        raise ValueError(arch)
-    return model.eval()
+        kwargs.update(pad_token_id=0, bos_token_id=1, eos_token_id=1)
+        if arch != "falcon":
+            kwargs.update(intermediate_size=128, num_key_value_heads=2, head_dim=16)
+    kwargs.update(overrides)
+    name = families[arch]
+    torch.manual_seed(seed)
+    config = getattr(transformers, f"{name}Config")(**kwargs)
+    return getattr(transformers, f"{name}ForCausalLM")(config).eval()
 
 
 def fabricate_text(n_words: int, seed: int) -> str:

@@ -218,7 +218,11 @@ def row_zero_counts_ok(model, method: str, config: PruneConfig) -> None:
 @pytest.mark.parametrize("sparsity_type", TYPES)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_end_to_end(tiny_model, calib_ids, method, sparsity_type, arch):
-    model = tiny_model(arch)
+    check_end_to_end(tiny_model(arch), calib_ids, method, sparsity_type)
+
+
+def check_end_to_end(model, calib_ids: torch.Tensor, method: str, sparsity_type: str) -> None:
+    """Prune 50% with one registered method: the promised zero pattern, embeddings and head intact, finite."""
     config = PruneConfig(prune_method=method, sparsity_ratio=0.5, sparsity_type=sparsity_type, nsamples=4)
     embeddings = model.get_input_embeddings().weight.clone()
     head = model.get_output_embeddings().weight.clone()

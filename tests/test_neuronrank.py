@@ -28,23 +28,8 @@ NEURON_METHODS = sorted(name for name, method in METHODS.items() if method.prune
 
 
 def tiny_model(arch: str, kv_heads: int = 2) -> nn.Module:
-    """A 2-layer random model of the given family (hidden 64, MLP 128), eval mode, float32."""
-    import transformers as tf
-
-    torch.manual_seed(0)
-    if arch == "llama":
-        config = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=kv_heads, vocab_size=VOCAB)
-        model = tf.LlamaForCausalLM(config)
-    elif arch == "opt":
-        config = tf.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                              vocab_size=VOCAB, word_embed_proj_dim=64, max_position_embeddings=64)
-        model = tf.OPTForCausalLM(config)
-    else:
-        config = tf.GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                  vocab_size=VOCAB, max_position_embeddings=64)
-        model = tf.GPTNeoXForCausalLM(config)
-    return model.eval()
+    """conftest's tiny model; LLaMA with kv_heads key/value heads."""
+    return make_tiny_model(arch, **({"num_key_value_heads": kv_heads} if arch == "llama" else {}))
 
 
 def calib_ids(nsamples: int = 4, seqlen: int = 16) -> torch.Tensor:

@@ -19,23 +19,10 @@ from lib.methods.wanda import wanda_score
 from lib.prune import prune_model
 from lib.methods.selectivity import idf, idf_factor, spikiness_ratio, spiky_factor, summarize
 from lib.sparsity import check_sparsity, make_mask
+from conftest import make_tiny_model as tiny_model
 
 VOCAB = 128
 SEL_METHODS = ["wanda_idf", "wanda_spiky", "wanda_select"]
-
-
-def tiny_model(arch: str) -> nn.Module:
-    """A 2-layer random model of the given family (hidden 64, MLP 128), eval mode, float32."""
-    import transformers as tf
-
-    torch.manual_seed(0)
-    if arch == "llama":
-        config = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=2, vocab_size=VOCAB)
-        return tf.LlamaForCausalLM(config).eval()
-    config = tf.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
-                          word_embed_proj_dim=64, max_position_embeddings=64)
-    return tf.OPTForCausalLM(config).eval()
 
 
 def calib_ids(nsamples: int = 4, seqlen: int = 32) -> torch.Tensor:
