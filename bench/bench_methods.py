@@ -20,7 +20,8 @@ import torch
 from common import bench_parser, peak_rss_mb, pin_malloc, prune_once, run_child  # bench/ is on sys.path when run
 from lib.data import get_calibration, resolve_data_dir
 from lib.models import find_decoder_layers, load_model
-from lib.prune import capture_layer_inputs, hidden_of
+from lib.config import PruneConfig
+from lib.prune import calib_batch_size, capture_layer_inputs, propagate
 
 
 @torch.no_grad()
@@ -30,11 +31,13 @@ def one_forward_pass_seconds(model_name: str, nsamples: int, seqlen: int, seed: 
     calib = get_calibration("c4", tokenizer, nsamples, seed, seqlen, resolve_data_dir(None))
     layers = find_decoder_layers(model)
     start = time.perf_counter()
-    inps, kwargs = capture_layer_inputs(model, layers, calib)
+    inps, layer_kwargs = capture_layer_inputs(model, layers, calib)
+    outs = torch.empty_like(inps)
     capture = time.perf_counter() - start
     start = time.perf_counter()
-    for layer in layers:
-        inps = torch.cat([hidden_of(layer(inps[j:j + 1], **kwargs)) for j in range(inps.shape[0])])
+    for layer, kwargs in zip(layers, layer_kwargs):
+        propagate(layer, inps, outs, kwargs, calib_batch_size(PruneConfig(), calib.shape[1]))
+        inps, outs = outs, inps
     return capture, time.perf_counter() - start
 
 

@@ -54,14 +54,20 @@ class PruneReport:
         return sum(self.layer_sparsity) / max(len(self.layer_sparsity), 1)
 
 
-def to_device(obj, device: torch.device):
-    """Move every tensor inside obj (tensors, tuples, lists, dicts) to device; other values unchanged."""
+def to_device(obj, device: torch.device, memo: dict | None = None):
+    """Move every tensor inside obj (tensors, tuples, lists, dicts) to device; other values unchanged.
+
+    memo (id -> moved tensor) makes a tensor shared by several layers' arguments move once and stay shared.
+    """
+    memo = {} if memo is None else memo
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        if id(obj) not in memo:
+            memo[id(obj)] = (obj, obj.to(device))  # keep obj alive so its id is not reused
+        return memo[id(obj)][1]
     if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(o, device) for o in obj)
+        return type(obj)(to_device(o, device, memo) for o in obj)
     if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device, memo) for k, v in obj.items()}
     return obj
 
 
@@ -75,30 +81,75 @@ def hidden_of(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+# Keyword arguments that carry a KV cache (None with use_cache=False); a layer walk must not pass one along.
+CACHE_KWARGS = ("past_key_values", "past_key_value", "cache", "layer_past", "use_cache")
+
+
 @torch.no_grad()
 def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList,
-                         calib_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """calib_ids [n, seqlen] -> (first layer's hidden inputs [n, seqlen, hidden], its keyword arguments)."""
-    hidden, captured = [], {}
+                         calib_ids: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+    """calib_ids [n, seqlen] -> (first layer's hidden inputs [n, seqlen, hidden], every layer's keyword arguments).
 
-    def hook(module, args, kwargs):
-        hidden.append(args[0] if args else kwargs["hidden_states"])
-        captured.clear()
-        captured.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+    Layers do not all get the same arguments: sliding-window and full-attention layers (Gemma2/3, any config
+    with layer_types) get different masks, Gemma3's local and global layers different rotary tables. So one
+    more forward of the first sequence records what the model's own forward hands each layer, with every
+    layer's forward replaced by a recorder that passes its input through (no layer computes). Arguments
+    shared by several layers stay one tensor. Every sequence has the same length and no padding, so the
+    arguments do not depend on which sequence is used.
+    """
+    device = input_device(model)
+    inps: torch.Tensor | None = None
+
+    def first_layer_input(module, args, kwargs):
+        nonlocal inps
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if inps is None:
+            inps = hidden.new_empty((calib_ids.shape[0], *hidden.shape[1:]))
+        inps[i] = hidden[0]
         raise _StopForward
 
-    device = input_device(model)
-    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    handle = layers[0].register_forward_pre_hook(first_layer_input, with_kwargs=True)
     try:
         for i in range(calib_ids.shape[0]):
             with contextlib.suppress(_StopForward):
                 model(calib_ids[i:i + 1].to(device), use_cache=False)
     finally:
         handle.remove()
-    # Every sequence has the same length and no padding, so the keyword arguments are the same for all.
-    captured.pop("past_key_values", None)
-    captured.pop("past_key_value", None)
-    return torch.cat(hidden), captured
+    return inps, record_layer_kwargs(model, layers, calib_ids[:1].to(device))
+
+
+def record_layer_kwargs(model: nn.Module, layers: nn.ModuleList, ids: torch.Tensor) -> list[dict]:
+    """What the model's forward passes each decoder layer besides the hidden states, for input ids [1, seqlen]."""
+    recorded: list[dict] = []
+
+    def recorder(index: int):
+        def forward(*args, **kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            recorded.append({k: v for k, v in kwargs.items() if k not in CACHE_KWARGS and k != "hidden_states"})
+            if index == len(layers) - 1:
+                raise _StopForward
+            # The masks and rotary tables are built before the first layer, so whatever flows between the
+            # recorders does not matter: a family that takes outputs[0] (Falcon) gets a slice, which is fine.
+            return hidden
+        return forward
+
+    # Replace forward on the instances (not hooks: a hook cannot skip the layer); restore whatever was there
+    # before, such as accelerate's device hooks, which also live in the instance's forward attribute.
+    saved = [layer.__dict__.get("forward") for layer in layers]
+    try:
+        for index, layer in enumerate(layers):
+            layer.forward = recorder(index)
+        with contextlib.suppress(_StopForward):
+            model(ids, use_cache=False)
+    finally:
+        for layer, forward in zip(layers, saved):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
+    if len(recorded) != len(layers):
+        raise RuntimeError(f"the model's forward called {len(recorded)} of its {len(layers)} decoder layers")
+    return recorded
 
 
 class CalibrationHooks:
@@ -190,9 +241,10 @@ def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, d
         W[mask] = 0
 
 
-def propagate(layer: nn.Module, inps: torch.Tensor, kwargs: dict, batch: int) -> torch.Tensor:
-    """Propagate phase: the pruned layer's outputs [n, seqlen, hidden], the next layer's inputs."""
-    return torch.cat([hidden_of(layer(inps[j:j + batch], **kwargs)) for j in range(0, inps.shape[0], batch)])
+def propagate(layer: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: dict, batch: int) -> None:
+    """Propagate phase: the pruned layer's outputs written into outs [n, seqlen, hidden], batch by batch."""
+    for j in range(0, inps.shape[0], batch):
+        outs[j:j + batch] = hidden_of(layer(inps[j:j + batch], **kwargs))
 
 
 def check_widths(layers: nn.ModuleList, config: PruneConfig) -> None:
@@ -226,7 +278,10 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
     calib_ids = calib_ids[:config.nsamples]
     needs_data = bool(method.collectors)
     if needs_data:
-        inps, kwargs = capture_layer_inputs(model, layers, calib_ids)
+        # Two activation buffers for the whole walk: a layer reads one and writes the other, then they swap.
+        inps, layer_kwargs = capture_layer_inputs(model, layers, calib_ids)
+        outs = torch.empty_like(inps)
+        moved: dict[torch.device, dict] = {}  # per device: kwargs tensors already moved there
     # Several sequences per layer call: on CPU this is ~5x faster than Wanda's one at a time, and collectors
     # are batch-split invariant, so the statistics are the same.
     batch = calib_batch_size(config, calib_ids.shape[1])
@@ -240,7 +295,9 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
         stats: dict[str, dict] = {name: {} for name in linears}
         if needs_data:
             device = layer_device(layer)
-            inps, kwargs = inps.to(device), to_device(kwargs, device)
+            if inps.device != device:  # device_map='auto': the next layers live on another GPU
+                inps, outs = inps.to(device), outs.to(device)
+            kwargs = to_device(layer_kwargs[i], device, moved.setdefault(device, {}))
             stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch)
         # Structured methods may shrink linears: count removed weights as pruned, against the original size.
         original = sum(lin.weight.numel() for lin in linears.values())
@@ -249,7 +306,8 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
             for name in linears:
                 report.layer_stats[f"layers.{i}.{name}"] = method.summarize(stats[name], config)
         if needs_data:
-            inps = propagate(layer, inps, kwargs, batch)
+            propagate(layer, inps, outs, kwargs, batch)
+            inps, outs = outs, inps
         report.layer_sparsity.append(layer_sparsity(find_linears(layer), original))
         report.layer_seconds.append(time.time() - start)
         logger.info("layer %d/%d: sparsity %.4f in %.2fs", i + 1, len(layers), report.layer_sparsity[-1],

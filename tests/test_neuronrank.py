@@ -108,7 +108,8 @@ def test_streaming_in_uneven_batches_equals_exact():
     oracle = exact_stats(x, ids, class_ids)
     for name, expected in oracle.items():
         torch.testing.assert_close(uneven[name].double(), expected, rtol=1e-5, atol=1e-6, msg=name)
-        torch.testing.assert_close(uneven[name], one_shot[name], rtol=1e-6, atol=1e-7, msg=name)
+        # Batches are summed in float32 before the float64 totals: a split moves results by float32 round-off.
+        torch.testing.assert_close(uneven[name], one_shot[name], rtol=1e-5, atol=1e-6, msg=name)
     wanda = WrappedGPT(6, PruneConfig())
     wanda.add_batch(x)
     torch.testing.assert_close(uneven["scaler_row"], wanda.finalize()["scaler_row"])

@@ -32,11 +32,11 @@ def _ablate(W: torch.Tensor, stats: dict, config: PruneConfig, use_wanda: bool, 
                   blocksize=config.blocksize, percdamp=config.percdamp)
     if iterative:
         score = partial(_block_score, use_wanda=use_wanda, scaler_row=stats.get("scaler_row"))
-        return sparsegpt_reconstruct(W, stats["hessian"], block_score=score, **common)
+        return sparsegpt_reconstruct(W, stats, block_score=score, **common)
     scores = wanda_score(W, stats, config) if use_wanda else magnitude_score(W, stats, config)
     mask = make_mask(scores, config.sparsity_ratio, config.prune_n, config.prune_m,
                      group="row" if use_wanda else "layer")
-    return sparsegpt_reconstruct(W, stats["hessian"], mask=mask, **common)
+    return sparsegpt_reconstruct(W, stats, mask=mask, **common)
 
 
 for _name, _wanda, _iter in [("ablate_mag_seq", False, False), ("ablate_wanda_seq", True, False),

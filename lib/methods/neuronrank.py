@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from lib.collectors import Collector
+from lib.collectors import Collector, samples_and_rows
 from lib.config import ConfigError, PruneConfig
 from lib.registry import Method, register
 from lib.structured import neuron_pruner
@@ -57,40 +57,38 @@ def prepare_classes(calib_ids: torch.Tensor, config: PruneConfig) -> dict:
 class NeuronRankCollector(Collector):
     """Per input channel: token sums, per-sequence mean sums, and per-class sums (float64), divided in finalize.
 
-    Memory is (4 + 2K) x in_features float64 plus K counts, whatever the token count. Also publishes Wanda's
-    scaler_row.
+    Memory is (4 + 2K) x in_features float64 plus K counts, whatever the token count, allocated lazily on the
+    activations' device. Also publishes Wanda's scaler_row.
     """
 
     def __init__(self, in_features: int, config: PruneConfig, class_ids: torch.Tensor | None = None) -> None:
         super().__init__(in_features, config)
-        zeros = partial(torch.zeros, dtype=torch.float64)
-        self.sum_x, self.sum_sq = zeros(in_features), zeros(in_features)
-        self.sum_sample_mean, self.sum_sample_mean_sq = zeros(in_features), zeros(in_features)
         self.ntokens = 0
         self.nsamples = 0
         self.class_ids = (class_ids if class_ids is not None else torch.zeros(0)).long().sort().values
-        num_classes = self.class_ids.numel()
-        self.class_count = zeros(num_classes)
-        self.class_sum, self.class_sum_sq = zeros(num_classes, in_features), zeros(num_classes, in_features)
+        # Running float64 totals, allocated on the activations' device by the first batch, so linears that
+        # alias another's input (k, v, up) cost nothing.
+        self.sums: dict[str, torch.Tensor] | None = None
 
-    def _to(self, device: torch.device) -> None:
-        """Keep every sum on the device of the activations (the layer's device)."""
-        if self.sum_x.device == device:
-            return
-        for name in ("sum_x", "sum_sq", "sum_sample_mean", "sum_sample_mean_sq", "class_ids", "class_count",
-                     "class_sum", "class_sum_sq"):
-            setattr(self, name, getattr(self, name).to(device))
+    def _allocate(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The float64 totals: 4 per channel, and per class a count and 2 per channel."""
+        zeros = partial(torch.zeros, dtype=torch.float64, device=device)
+        channels, classes = self.in_features, self.class_ids.numel()
+        self.class_ids = self.class_ids.to(device)
+        return {"sum_x": zeros(channels), "sum_sq": zeros(channels), "sum_sample_mean": zeros(channels),
+                "sum_sample_mean_sq": zeros(channels), "class_count": zeros(classes),
+                "class_sum": zeros(classes, channels), "class_sum_sq": zeros(classes, channels)}
 
     def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
         """x [batch, seq, in] or [tokens, in]; token_ids with one id per token ([batch, seq]) when K > 0."""
-        self._to(x.device)
-        rows = x.reshape(-1, x.shape[-1]).double()
-        samples = x.shape[0] if x.dim() == 3 else 1
-        self.sum_x += rows.sum(0)
-        self.sum_sq += rows.pow(2).sum(0)
+        samples, rows = samples_and_rows(x)
+        sums = self.sums = self.sums if self.sums is not None else self._allocate(rows.device)
+        # Each batch is summed in float32 (no float64 copy of the activations), the totals kept in float64.
+        sums["sum_x"] += rows.sum(0)
+        sums["sum_sq"] += rows.pow(2).sum(0)
         sample_means = rows.reshape(samples, -1, rows.shape[-1]).mean(1)
-        self.sum_sample_mean += sample_means.sum(0)
-        self.sum_sample_mean_sq += sample_means.pow(2).sum(0)
+        sums["sum_sample_mean"] += sample_means.sum(0)
+        sums["sum_sample_mean_sq"] += sample_means.pow(2).sum(0)
         self.ntokens += rows.shape[0]
         self.nsamples += samples
         if not self.class_ids.numel():
@@ -99,25 +97,31 @@ class NeuronRankCollector(Collector):
             got = "none" if token_ids is None else f"{token_ids.numel()}"
             raise ValueError(f"NeuronRank class statistics need one token id per activation row: {rows.shape[0]} "
                              f"rows, {got} ids")
-        flat = token_ids.reshape(-1).to(x.device).long()
+        flat = token_ids.reshape(-1).to(rows.device).long()
         pos = torch.searchsorted(self.class_ids, flat).clamp(max=self.class_ids.numel() - 1)
         hit = self.class_ids[pos] == flat
         cls, picked = pos[hit], rows[hit]
-        self.class_count.index_add_(0, cls, torch.ones_like(cls, dtype=torch.float64))
-        self.class_sum.index_add_(0, cls, picked)
-        self.class_sum_sq.index_add_(0, cls, picked.pow(2))
+        classes = self.class_ids.numel()
+        sums["class_count"] += torch.bincount(cls, minlength=classes)
+        sums["class_sum"] += torch.zeros(classes, rows.shape[1], device=rows.device).index_add_(0, cls, picked)
+        sums["class_sum_sq"] += torch.zeros(classes, rows.shape[1], device=rows.device).index_add_(
+            0, cls, picked.pow(2))
 
     def finalize(self) -> dict[str, torch.Tensor]:
         """scaler_row, nr_mean, nr_var, nr_sample_mean_var, nr_between, nr_within, nr_fisher [in]; nr_class_tokens []."""
+        if self.sums is None:
+            raise RuntimeError("NeuronRankCollector.finalize() before any add_batch()")
+        totals = self.sums
         ntokens, nsamples = max(self.ntokens, 1), max(self.nsamples, 1)
-        mean = self.sum_x / ntokens
-        var = (self.sum_sq / ntokens - mean.pow(2)).clamp_min(0)
-        sample_mean = self.sum_sample_mean / nsamples
-        sample_mean_var = (self.sum_sample_mean_sq / nsamples - sample_mean.pow(2)).clamp_min(0)
-        class_tokens = self.class_count.sum()
+        mean = totals["sum_x"] / ntokens
+        var = (totals["sum_sq"] / ntokens - mean.pow(2)).clamp_min(0)
+        sample_mean = totals["sum_sample_mean"] / nsamples
+        sample_mean_var = (totals["sum_sample_mean_sq"] / nsamples - sample_mean.pow(2)).clamp_min(0)
+        class_count = totals["class_count"]
+        class_tokens = class_count.sum()
         if class_tokens > 0:
-            seen = self.class_count > 0
-            count, sums, sums_sq = self.class_count[seen], self.class_sum[seen], self.class_sum_sq[seen]
+            seen = class_count > 0
+            count, sums, sums_sq = class_count[seen], totals["class_sum"][seen], totals["class_sum_sq"][seen]
             class_mean = sums / count.unsqueeze(1)
             overall = sums.sum(0) / class_tokens
             between = (count.unsqueeze(1) * (class_mean - overall).pow(2)).sum(0) / class_tokens
@@ -126,7 +130,7 @@ class NeuronRankCollector(Collector):
             between = within = torch.zeros_like(mean)
         eps = FISHER_EPS_REL * (between + within).mean() + FISHER_EPS_ABS
         fisher = between / (within + eps)
-        out = {"scaler_row": self.sum_sq / nsamples, "nr_mean": mean, "nr_var": var,
+        out = {"scaler_row": totals["sum_sq"] / nsamples, "nr_mean": mean, "nr_var": var,
                "nr_sample_mean_var": sample_mean_var, "nr_between": between, "nr_within": within,
                "nr_fisher": fisher, "nr_class_tokens": class_tokens}
         return {name: value.float() for name, value in out.items()}

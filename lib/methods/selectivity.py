@@ -119,7 +119,7 @@ class WrappedGPTSelectivity(WrappedGPT):
             base = torch.arange(channels, dtype=torch.int32, device=device) * N_BINS
             self._shift, self._first, self._last = base - _BIN_OFFSET, base, base + N_BINS - 1
             self.sum_sq, self.sum_abs, self.max_abs = (t.to(device) for t in (self.sum_sq, self.sum_abs, self.max_abs))
-        self.sum_sq += rows.pow(2).sum(dim=0, dtype=torch.float64)
+        self.sum_sq += rows.pow(2).sum(dim=0)
         self.nsamples += samples
         absx = rows.abs() if self.scratch is None else torch.abs(rows, out=self.scratch.get(rows.shape, device))
         # A batch's float32 column sums are exact enough; the running total is float64.

@@ -23,17 +23,24 @@ class HessianCollector(Collector):
 
     def __init__(self, in_features: int, config: PruneConfig) -> None:
         super().__init__(in_features, config)
-        self.xxt = torch.zeros(in_features, in_features, dtype=torch.float32)
+        # Allocated by the first batch on the activations' device: linears that alias another's input (k, v,
+        # up) never get one, and a layer on the GPU keeps its Hessian there.
+        self.xxt: torch.Tensor | None = None
         self.nsamples = 0
 
     def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
         samples, rows = samples_and_rows(x)
-        self.xxt = self.xxt.to(rows.device)
+        if self.xxt is None:
+            self.xxt = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=rows.device)
         self.xxt.addmm_(rows.t(), rows)
         self.nsamples += samples
 
     def finalize(self) -> dict[str, torch.Tensor]:
-        return {"hessian": 2.0 * self.xxt / max(self.nsamples, 1)}
+        """{'hessian': H [in, in]}, scaled in place: the collector is done with its sums."""
+        if self.xxt is None:
+            raise RuntimeError("HessianCollector.finalize() before any add_batch()")
+        hessian, self.xxt = self.xxt, None
+        return {"hessian": hessian.mul_(2.0 / max(self.nsamples, 1))}
 
 
 # (W columns [out, c], diag of H^-1 for them [c], first column index) -> scores [out, c], low = pruned.
@@ -45,27 +52,38 @@ def obs_score(W_cols: torch.Tensor, hinv_diag: torch.Tensor, start: int) -> torc
     return W_cols.pow(2) / hinv_diag.pow(2).unsqueeze(0)
 
 
-def inverse_hessian_factor(H: torch.Tensor, W: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp I)^-1 [in, in]; dead inputs (H_jj = 0) get H_jj = 1 and W[:, j] = 0."""
-    H = H.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    damp = percdamp * torch.mean(torch.diag(H))
-    H += damp * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    H = torch.cholesky_inverse(torch.linalg.cholesky(H))
-    return torch.linalg.cholesky(H, upper=True)
+def inverse_hessian_factor(stats: dict, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (upper Cholesky factor of (H + damp I)^-1 [in, in], dead inputs [in] bool), from stats['hessian'].
+
+    Dead inputs (H_jj = 0) get H_jj = 1 (their weights are zeroed by the caller). Computed once per input and
+    kept in stats, which linears reading the same input (q/k/v, gate/up) share: H is damped in place and
+    dropped, so the layer's peak is about two [in, in] matrices, not one per linear plus copies.
+    """
+    if "hessian_factor" not in stats:
+        H = stats.pop("hessian").float()
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        damp = percdamp * torch.mean(torch.diag(H))
+        H.diagonal().add_(damp)
+        lower = torch.linalg.cholesky(H)
+        del H
+        inverse = torch.cholesky_inverse(lower)
+        del lower
+        stats["hessian_factor"], stats["hessian_dead"] = torch.linalg.cholesky(inverse, upper=True), dead
+    return stats["hessian_factor"], stats["hessian_dead"]
 
 
-def sparsegpt_reconstruct(W: torch.Tensor, H: torch.Tensor, sparsity: float, prune_n: int = 0, prune_m: int = 0,
+def sparsegpt_reconstruct(W: torch.Tensor, stats: dict, sparsity: float, prune_n: int = 0, prune_m: int = 0,
                           blocksize: int = 128, percdamp: float = 0.01, mask: torch.Tensor | None = None,
                           block_score: BlockScore = obs_score) -> torch.Tensor:
-    """W [out, in] float, H [in, in] -> reconstructed W [out, in] with the mask's weights at zero.
+    """W [out, in] float, stats with the input's Hessian -> reconstructed W [out, in], the mask's weights at zero.
 
     mask: a fixed prune mask [out, in] (the 'seq' ablations); otherwise it is chosen per block with block_score.
     """
     W = W.clone().float()
-    Hinv = inverse_hessian_factor(H.float().to(W.device), W, percdamp)
+    Hinv, dead = inverse_hessian_factor(stats, percdamp)
+    Hinv, dead = Hinv.to(W.device), dead.to(W.device)
+    W[:, dead] = 0
     ncols = W.shape[1]
     for i1 in range(0, ncols, blocksize):
         i2 = min(i1 + blocksize, ncols)
@@ -99,7 +117,7 @@ def sparsegpt_reconstruct(W: torch.Tensor, H: torch.Tensor, sparsity: float, pru
 
 def sparsegpt_update(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
     """Registry entry: SparseGPT with its own OBS saliency mask."""
-    return sparsegpt_reconstruct(W, stats["hessian"], config.sparsity_ratio, config.prune_n, config.prune_m,
+    return sparsegpt_reconstruct(W, stats, config.sparsity_ratio, config.prune_n, config.prune_m,
                                  config.blocksize, config.percdamp)
 
 

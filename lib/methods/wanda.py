@@ -20,7 +20,8 @@ class WrappedGPT(Collector):
     def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
         samples, rows = samples_and_rows(x)
         self.sum_sq = self.sum_sq.to(rows.device)
-        self.sum_sq += rows.pow(2).sum(dim=0, dtype=torch.float64)
+        # The batch is summed in float32 (no float64 copy of the activations), the running total in float64.
+        self.sum_sq += rows.pow(2).sum(dim=0)
         self.nsamples += samples
 
     def finalize(self) -> dict[str, torch.Tensor]:
