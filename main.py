@@ -21,7 +21,7 @@ from lib.data import calibration_windows, load_calibration_texts, load_wikitext2
     wikitext2_ids
 from lib.eval import eval_ppl
 from lib.methods import METHODS, Method, find_method
-from lib.models import DTYPES, find_decoder_layers, load_config, load_model, max_sequence_length, resolve_model
+from lib.models import find_decoder_layers, input_device, load_config, load_model, max_sequence_length, resolve_model
 from lib.prune import check_widths, prune_model
 from lib.runinfo import git_commit, peak_rss_mb, versions, write_atomic
 from lib.sparsity import check_sparsity
@@ -51,8 +51,12 @@ class Plan:
     task_plan: object = None
 
 
-def choose_seqlen(requested: int | None, model_max: int | None) -> int:
-    """min(2048, model maximum) by default; a request above the model's maximum is an error."""
+def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = False) -> int:
+    """min(2048, model maximum) by default, the maximum with use_max; a request above the maximum is an error."""
+    if use_max:
+        if model_max is None:
+            raise ConfigError("--seqlen_max: the model's config states no maximum context; pass --seqlen")
+        return model_max
     if requested is None:
         return min(2048, model_max or 2048)
     if model_max is not None and requested > model_max:
@@ -94,7 +98,7 @@ def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
     resolve_model(run_cfg.model, run_cfg.cache_dir)
     data_dir = resolve_data_dir(run_cfg.data_dir)
     model_config = load_config(run_cfg.model, run_cfg.cache_dir)
-    seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config))
+    seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config), run_cfg.seqlen_max)
     check_structure(model_config, config)
     tasks, task_plan = plan_zero_shot(run_cfg, data_dir) if run_cfg.eval_zero_shot else (None, None)
     # Read the data before paying for the model, so a missing file fails in a second.
@@ -135,10 +139,11 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
     plan = check(run_cfg, config)
 
     t = time.time()
-    model, tokenizer = load_model(run_cfg.model, run_cfg.cache_dir, DTYPES.get(run_cfg.dtype), run_cfg.device_map)
+    model, tokenizer = load_model(run_cfg.model, run_cfg.cache_dir, run_cfg.dtype, run_cfg.device_map)
     seconds["load"] = time.time() - t
-    print(f"loaded {run_cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-          f"{next(model.parameters()).dtype}) in {seconds['load']:.1f}s; seqlen {plan.seqlen}")
+    print(f"loaded {run_cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) in "
+          f"{seconds['load']:.1f}s; seqlen {plan.seqlen}, dtype {next(model.parameters()).dtype}, device "
+          f"{input_device(model)}, device_map {run_cfg.device_map or 'none'}")
 
     t = time.time()
     test_ids = wikitext2_ids(plan.eval_rows, tokenizer)
@@ -182,7 +187,8 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
         from lib.zeroshot import eval_zero_shot, format_zero_shot_table
 
         t = time.time()
-        results["zero_shot"] = eval_zero_shot(model, tokenizer, plan.tasks, run_cfg.zs_limit, run_cfg.zs_batch_size,
+        zs_batch = run_cfg.zs_batch_size if run_cfg.zs_batch_size == "auto" else int(run_cfg.zs_batch_size)
+        results["zero_shot"] = eval_zero_shot(model, tokenizer, plan.tasks, run_cfg.zs_limit, zs_batch,
                                               plan.data_dir, plan.task_plan)
         seconds["zero_shot"] = time.time() - t
         print(format_zero_shot_table(results["zero_shot"]))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CALIB_DATASETS = ("c4", "wikitext2")
-DTYPE_NAMES = ("bfloat16", "float16", "float32")
+DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
 
 
 class ConfigError(ValueError):
@@ -154,12 +154,14 @@ class RunConfig:
     model: str = setting("smollm2-135m", "local HF folder, hub id, .gguf file, or the bundled alias "
                                          "'smollm2-135m' (default)", group="model")
     cache_dir: str = setting("llm_weights", "hub cache and GGUF conversions (default llm_weights)", group="model")
-    dtype: str | None = setting(None, "weights dtype (default float16 on CUDA, float32 on CPU)", group="model",
-                                choices=DTYPE_NAMES)
+    dtype: str = setting("auto", "weights dtype; auto (default): the checkpoint's own dtype on GPU (bf16 for "
+                                 "Llama-3, Gemma), float32 on CPU", group="model", choices=DTYPE_NAMES)
     device_map: str | None = setting(None, "'auto' spreads the model over all GPUs (large models)", group="model",
                                      choices=("auto",))
     seqlen: int | None = setting(None, "tokens per calibration/evaluation window (default min(2048, model "
                                        "maximum))", group="data")
+    seqlen_max: bool = setting(False, "windows as long as the model's maximum context (Wanda's LLaMA-2 protocol: "
+                                      "4096); instead of --seqlen", group="data")
     calib_dataset: str = setting("c4", f"calibration text, one of {list(CALIB_DATASETS)} (default c4)",
                                  group="data", choices=CALIB_DATASETS)
     data_dir: str | None = setting(None, "local data folder like ../shared/data (else $WANDA_DATA_DIR, else the "
@@ -172,7 +174,8 @@ class RunConfig:
     eval_zero_shot: bool = setting(False, "lm-eval zero-shot accuracy after pruning", group="evaluation")
     tasks: str | None = setting(None, "comma-separated lm-eval tasks (default: Wanda's seven)", group="evaluation")
     zs_limit: int | None = setting(None, "items per zero-shot task (default all)", group="evaluation")
-    zs_batch_size: int = setting(1, "zero-shot batch size", group="evaluation")
+    zs_batch_size: str = setting("1", "zero-shot batch size: a positive integer, or auto (lm-eval finds the "
+                                      "largest that fits)", group="evaluation")
     save: str | None = setting(None, "folder for results.json and log_{method}.txt", group="outputs")
     save_model: str | None = setting(None, "folder for the pruned model (safetensors) and tokenizer",
                                      group="outputs")
@@ -182,7 +185,11 @@ class RunConfig:
         check_finite(self)
         if self.seqlen is not None and self.seqlen <= 0:
             raise ConfigError(f"seqlen {self.seqlen} must be a positive integer")
-        for name in ("eval_limit", "zs_limit", "eval_batch_size", "zs_batch_size"):
+        if self.seqlen is not None and self.seqlen_max:
+            raise ConfigError(f"seqlen {self.seqlen} and --seqlen_max both set the window; pass one")
+        if self.zs_batch_size != "auto" and not (self.zs_batch_size.isdigit() and int(self.zs_batch_size) > 0):
+            raise ConfigError(f"zs_batch_size '{self.zs_batch_size}' must be a positive integer or 'auto'")
+        for name in ("eval_limit", "zs_limit", "eval_batch_size"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} {value} must be a positive integer")
@@ -190,5 +197,4 @@ class RunConfig:
             check_choice(self, name)
         if self.device_map not in (None, "auto"):
             raise ConfigError(f"device_map '{self.device_map}' is not supported; use 'auto' or omit it")
-        if self.dtype is not None:
-            check_choice(self, "dtype")
+        check_choice(self, "dtype")

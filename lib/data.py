@@ -95,23 +95,29 @@ def _windows_from_stream(ids: torch.Tensor, nsamples: int, seqlen: int, rng: ran
 def c4_windows(texts: list[str], tokenizer, nsamples: int, seed: int, seqlen: int) -> torch.Tensor:
     """Wanda's get_c4 draw: a random document longer than seqlen (with replacement), then a random window.
 
-    The random calls are Wanda's, so the hub shard gives Wanda's exact calibration set. Documents no longer
-    than seqlen are re-drawn; if none is long enough (a small local sample at a long seqlen), the documents
-    are joined in file order with '\\n\\n' into one stream and windows are drawn from it, with the same seed.
+    The random calls are Wanda's, and only the drawn documents are tokenised (the hub shard has ~356k), so the
+    hub shard gives Wanda's exact calibration set. Documents no longer than seqlen are re-drawn; if none is long
+    enough (a small local sample at a long seqlen: known once every document has been drawn), the documents are
+    joined in file order with '\\n\\n' into one stream and windows are drawn from it, with the seed afresh.
     """
     rng = random.Random(seed)
-    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
-    if not any(n > seqlen for n in lengths):
-        logger.warning("no C4 document is longer than seqlen=%d tokens; drawing windows from joined documents", seqlen)
-        joined = tokenizer("\n\n".join(texts), return_tensors="pt").input_ids[0]
-        return _windows_from_stream(joined, nsamples, seqlen, rng)
+    tokenized: dict[int, torch.Tensor] = {}
+    longest = 0
     samples = []
     for _ in range(nsamples):
         while True:
             i = rng.randint(0, len(texts) - 1)
-            if lengths[i] > seqlen:
+            if i not in tokenized:
+                tokenized[i] = tokenizer(texts[i], return_tensors="pt").input_ids[0]
+                longest = max(longest, tokenized[i].numel())
+            if tokenized[i].numel() > seqlen:
                 break
-        ids = tokenizer(texts[i], return_tensors="pt").input_ids[0]
+            if len(tokenized) == len(texts) and longest <= seqlen:
+                logger.warning("no C4 document is longer than seqlen=%d tokens; drawing windows from joined "
+                               "documents", seqlen)
+                joined = tokenizer("\n\n".join(texts), return_tensors="pt").input_ids[0]
+                return _windows_from_stream(joined, nsamples, seqlen, random.Random(seed))
+        ids = tokenized[i]
         start = rng.randint(0, ids.numel() - seqlen - 1)
         samples.append(ids[start:start + seqlen])
     return torch.stack(samples)

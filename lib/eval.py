@@ -11,6 +11,8 @@ from lib.models import input_device
 
 logger = logging.getLogger(__name__)
 
+LOSS_CHUNK = 512  # positions per float32 log-softmax
+
 
 @torch.no_grad()
 def eval_ppl(model: nn.Module, test_ids: torch.Tensor, seqlen: int, limit: int | None = None,
@@ -26,9 +28,16 @@ def eval_ppl(model: nn.Module, test_ids: torch.Tensor, seqlen: int, limit: int |
     nll_sum = 0.0
     for start in tqdm(range(0, nwindows, batch_size), desc=f"ppl ({nwindows} windows)", leave=False):
         batch = windows[start:start + batch_size].to(device)
-        logits = model(batch, use_cache=False).logits.float()
-        loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                           batch[:, 1:].reshape(-1).to(logits.device))
+        logits = model(batch, use_cache=False).logits  # the model's dtype
+        targets = batch[:, 1:].to(logits.device)
+        # float32 log-softmax a chunk of positions at a time: a whole window's float32 logits would be
+        # seqlen x vocab x 4 bytes per sequence (2 GiB at 4096 x 128k).
+        loss_sum = 0.0
+        for pos in range(0, seqlen - 1, LOSS_CHUNK):
+            chunk = logits[:, pos:min(pos + LOSS_CHUNK, seqlen - 1)].float()
+            loss_sum += nn.functional.cross_entropy(chunk.reshape(-1, chunk.shape[-1]),
+                                                    targets[:, pos:pos + chunk.shape[1]].reshape(-1),
+                                                    reduction="sum").item()
         # Wanda weights each window's mean loss by seqlen and divides by nwindows * seqlen.
-        nll_sum += loss.item() * seqlen * batch.shape[0]
+        nll_sum += loss_sum / (seqlen - 1) * seqlen
     return float(torch.exp(torch.tensor(nll_sum / (nwindows * seqlen))).item())

