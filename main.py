@@ -18,8 +18,6 @@ import argparse
 import json
 import logging
 import math
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lib.checks import check_finite_weights, check_output_dir, json_safe, locate_non_finite
+from lib.checks import check_finite_weights, check_model_target, check_output_dir, json_safe, locate_non_finite
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, PruneConfig, RunConfig
 from lib.data import c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
@@ -37,7 +35,7 @@ from lib.methods import METHODS, Method, find_method
 from lib.models import DTYPES, find_decoder_layers, find_linears, load_config, load_model, load_tokenizer, \
     max_sequence_length, resolve_model
 from lib.prune import check_widths, prune_model
-from lib.runinfo import current_umask, git_commit, peak_rss_mb, versions, write_atomic
+from lib.runinfo import git_commit, peak_rss_mb, save_model_atomic, versions, write_atomic
 from lib.sparsity import check_sparsity
 
 # The phase the run is in and what it has written; run() updates it, the Ctrl-C message reads it.
@@ -124,10 +122,8 @@ def check_outputs(run_cfg: RunConfig) -> None:
                        ("--cache_dir", run_cfg.cache_dir)):
         if path:
             check_output_dir(flag, path)
-    target = Path(run_cfg.save_model).expanduser() if run_cfg.save_model else None
-    if target is not None and target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
-        raise ConfigError(f"--save_model '{run_cfg.save_model}' holds files that are not a saved model; pass a new "
-                          "or empty folder (an earlier --save_model folder is replaced)")
+    if run_cfg.save_model:
+        check_model_target("--save_model", run_cfg.save_model)
 
 
 def count_eval_windows(run_cfg: RunConfig, test_ids: torch.Tensor, seqlen: int, source: str) -> None:
@@ -166,30 +162,6 @@ def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
         calib_ids = calibration_windows(run_cfg.calib_dataset, calib_texts, tokenizer, config.nsamples, config.seed,
                                         seqlen, source=str(local or "hub"))
     return Plan(method, data_dir, seqlen, test_ids, calib_ids, tasks, task_plan)
-
-
-def save_model_atomic(model, tokenizer, target: Path) -> None:
-    """Model and tokenizer into a temporary sibling of target, then renamed over it: a killed or failed save
-    leaves only a hidden '.name.*' folder, never a target that looks finished (weights without a tokenizer, or
-    new weights beside an earlier run's results.json)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving.", dir=target.parent))
-    old = None
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old / target.name)
-        os.replace(tmp, target)
-    except OSError as err:
-        raise ConfigError(f"could not write the pruned model to '{target}' ({err.strerror or err}); the pruning "
-                          "work is lost, nothing was written") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def save_outputs(run_cfg: RunConfig, results: dict, model, tokenizer, seconds: dict, t_start: float) -> None:

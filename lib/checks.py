@@ -50,6 +50,15 @@ def check_output_dir(flag: str, path: str | Path) -> None:
                           "can write to") from None
 
 
+def check_model_target(flag: str, path: str | Path) -> None:
+    """A folder a model will replace as a whole must be new, empty, or an earlier model save (has config.json):
+    the atomic save renames over it and must not delete a researcher's other files."""
+    target = Path(path).expanduser()
+    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
+        raise ConfigError(f"{flag} '{path}' holds files that are not a saved model; pass a new or empty folder "
+                          "(an earlier saved model folder is replaced)")
+
+
 def _first_bad(tensor: torch.Tensor) -> str:
     """Where the first non-finite entry of tensor is, e.g. 'row 3' of a weight [out, in]."""
     import torch
