@@ -16,6 +16,7 @@ from typing import Any
 
 CALIB_DATASETS = ("c4", "wikitext2")
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
+MAX_EXPONENT = 10
 
 
 class ConfigError(ValueError):
@@ -92,14 +93,14 @@ class PruneConfig:
     sel_idf_clip_min: float = setting(0.0, "lower clip of IDF (default 0, the published formula; > 0 keeps "
                                            "always-on channels)", group="selectivity")
     sel_spiky_clip_max: float = setting(10.0, "upper clip of the spikiness ratio R (> 0)", group="selectivity")
-    sel_idf_exp: float = setting(1.0, "exponent on IDF (0 turns it off)", group="selectivity")
-    sel_spiky_exp: float = setting(1.0, "exponent on R (0 turns it off)", group="selectivity")
+    sel_idf_exp: float = setting(1.0, "exponent on IDF, in [-10, 10] (0 turns it off)", group="selectivity")
+    sel_spiky_exp: float = setting(1.0, "exponent on R, in [-10, 10] (0 turns it off)", group="selectivity")
     neuronrank_max_classes: int = setting(512, "K most frequent calibration token ids used as classes",
                                           group="NeuronRank",
                                           flags=("--neuronrank-max-classes", "--neuronrank_max_classes"))
     nr_granularity: str = setting("weight", "'weight' (default) or 'neuron' (whole MLP neurons)",
                                   group="NeuronRank", choices=("neuron", "weight"))
-    nr_exp: float = setting(1.0, "exponent gamma on the channel factor", group="NeuronRank")
+    nr_exp: float = setting(1.0, "exponent gamma on the channel factor, in [-10, 10]", group="NeuronRank")
     shrink: bool = setting(False, "neuron granularity: physically drop pruned neurons", group="NeuronRank")
 
     def __post_init__(self) -> None:
@@ -134,6 +135,11 @@ class PruneConfig:
         if not 0.0 <= self.sel_idf_clip_min <= self.sel_idf_clip_max:
             raise ConfigError(f"sel_idf_clip_min {self.sel_idf_clip_min} must be in [0, sel_idf_clip_max "
                               f"{self.sel_idf_clip_max}]")
+        for name in ("sel_idf_exp", "sel_spiky_exp", "nr_exp"):
+            # A factor of 10 (the default clip) to a power beyond 10 is beyond float16, and beyond 38 beyond
+            # float32: the scores become inf or 0 and the mask is arbitrary.
+            if not -MAX_EXPONENT <= getattr(self, name) <= MAX_EXPONENT:
+                raise ConfigError(f"{name} {getattr(self, name)} must be in [-{MAX_EXPONENT}, {MAX_EXPONENT}]")
         check_choice(self, "nr_granularity")
         if self.neuronrank_max_classes < 0:
             raise ConfigError(f"neuronrank_max_classes {self.neuronrank_max_classes} must be >= 0")

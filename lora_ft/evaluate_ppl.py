@@ -63,9 +63,11 @@ def check_args(args: argparse.Namespace) -> list[str] | None:
         if getattr(args, name) <= 0:
             raise ConfigError(f"{name} {getattr(args, name)} must be a positive integer")
     if args.save_merged and not (args.merge or args.merge_masked):
-        raise ConfigError("--save_merged needs --merge_masked (keeps sparsity) or --merge")
-    if not args.eval_zero_shot and (args.tasks is not None or args.zs_limit is not None):
-        raise ConfigError("--tasks and --zs_limit have no effect without --eval_zero_shot; add it or drop them")
+        raise ConfigError(f"--save_merged {args.save_merged} needs --merge_masked (keeps sparsity) or --merge")
+    for name in ("tasks", "zs_limit"):
+        if not args.eval_zero_shot and getattr(args, name) is not None:
+            raise ConfigError(f"--{name} {getattr(args, name)} has no effect without --eval_zero_shot; add "
+                              "--eval_zero_shot or drop it")
     tasks = None
     if args.tasks is not None:
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -92,6 +92,12 @@ def check_target_modules(model_config, lora: LoraSettings) -> None:
     if missing:
         raise ConfigError(f"lora_target_modules {missing} are not linears of this model; choose from "
                           f"{sorted(leaf_names)}")
+    # A rank above a target's narrower side adds nothing a full update would not, at more memory.
+    width = min(min(m.in_features, m.out_features) for name, m in skeleton.named_modules()
+                if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in lora.target_modules)
+    if lora.r > width:
+        raise ConfigError(f"lora_r {lora.r} exceeds the narrowest target linear's width {width}; use --lora_r <= "
+                          f"{width}")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -108,6 +114,8 @@ def check_args(args: argparse.Namespace) -> None:
     # AdamW steps move each weight by about the learning rate: above 1 the adapter can only diverge.
     if not 0 < args.learning_rate <= 1:
         raise ConfigError(f"learning_rate {args.learning_rate} must be in (0, 1] (Wanda uses 1e-4)")
+    if not 0 < args.num_train_epochs <= 1000:
+        raise ConfigError(f"num_train_epochs {args.num_train_epochs} must be in (0, 1000] (Wanda uses 1)")
 
 
 def load_texts(args: argparse.Namespace, data_dir: Path | None) -> list[str]:
@@ -151,6 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     texts = load_texts(args, data_dir)
     blocks = texts_to_blocks(texts, load_tokenizer(args.model, args.cache_dir), args.block_size,
                              args.max_train_samples)
+    if args.gradient_accumulation_steps > blocks.shape[0]:
+        raise ConfigError(f"gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
+                          f"{blocks.shape[0]} training blocks; use at most {blocks.shape[0]}")
     model, tokenizer = load_model(args.model, cache_dir=args.cache_dir, dtype=dtype)
     sparsity = check_sparsity(model)[0]
     print(f"base model {args.model}: sparsity {sparsity:.4f}")
