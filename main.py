@@ -5,26 +5,41 @@
 """
 from __future__ import annotations
 
+import os
+import signal
+import sys
+
+if __name__ == "__main__":
+    # Ctrl-C during the imports below (seconds) would print their traceback; nothing has been written yet.
+    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ninterrupted during startup; nothing written\n"),
+                                             os._exit(130)))
+
 import argparse
 import json
 import logging
-import sys
+import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lib.cli import OneLineParser, add_settings, run_cli, settings_from
+from lib.checks import check_finite_weights, check_model_target, check_output_dir, json_safe, locate_non_finite
+from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, PruneConfig, RunConfig
-from lib.data import calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
-    wikitext2_ids
+from lib.data import c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
+    wikitext2_file, wikitext2_ids
 from lib.eval import eval_ppl
 from lib.methods import METHODS, Method, find_method
-from lib.models import find_decoder_layers, input_device, load_config, load_model, max_sequence_length, resolve_model
+from lib.models import find_decoder_layers, find_linears, input_device, load_config, load_model, load_tokenizer, \
+    max_sequence_length, resolve_model
 from lib.prune import check_widths, prune_model
-from lib.runinfo import git_commit, peak_rss_mb, versions, write_atomic
+from lib.runinfo import git_commit, peak_rss_mb, save_model_atomic, versions, write_atomic
 from lib.sparsity import check_sparsity
+
+# The phase the run is in and what it has written; run() updates it, the Ctrl-C message reads it.
+PROGRESS = Progress()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Plan:
-    """What the checks established before the model loads: the method, the data read, the window length."""
+    """What the checks established before the model loads: the method, the window length, the token ids."""
 
     method: Method
     data_dir: Path | None
     seqlen: int
-    eval_rows: list[str]
-    calib_texts: list[str] | None
+    test_ids: torch.Tensor  # [1, N] the evaluation stream
+    calib_ids: torch.Tensor  # [nsamples, seqlen] (0 rows when the method needs no calibration)
     tasks: list[str] | None = None
     task_plan: object = None
 
@@ -65,22 +80,33 @@ def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = 
 
 
 def check_structure(model_config, config: PruneConfig) -> None:
-    """Build the model on the meta device (no weights, no memory) to check layer widths against N:M."""
-    if not config.prune_m:
-        return
+    """Build the model on the meta device (no weights, no memory): decoder layers found, widths fit N:M and
+    --blocksize."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with init_empty_weights():
-        skeleton = AutoModelForCausalLM.from_config(model_config)
-    check_widths(find_decoder_layers(skeleton), config)
+    try:
+        with init_empty_weights():
+            skeleton = AutoModelForCausalLM.from_config(model_config)
+    except (ValueError, KeyError, TypeError) as err:  # a config no causal-LM class accepts
+        raise ConfigError(f"model type '{getattr(model_config, 'model_type', '?')}' is not a causal LM that "
+                          f"transformers can build ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    layers = find_decoder_layers(skeleton)
+    check_widths(layers, config)
+    name, widest = max(((n, lin.in_features) for n, lin in find_linears(layers[0]).items()), key=lambda x: x[1])
+    default = PruneConfig.__dataclass_fields__["blocksize"].default
+    # A block wider than the widest linear is the whole matrix: any larger value is a typo, and values in the
+    # millions allocate [out, blocksize] buffers. The default stays valid on models narrower than it.
+    if config.blocksize > max(widest, default):
+        raise ConfigError(f"blocksize {config.blocksize} exceeds the widest linear ('{name}', {widest} input "
+                          f"columns); use --blocksize <= {max(widest, default)}")
 
 
 def plan_zero_shot(run_cfg: RunConfig, data_dir: Path | None):
     """The zero-shot tasks and where each will come from; a request where none can run is an error."""
     from lib.zeroshot import DEFAULT_TASKS, plan_tasks
 
-    tasks = [t.strip() for t in run_cfg.tasks.split(",") if t.strip()] if run_cfg.tasks else list(DEFAULT_TASKS)
+    tasks = run_cfg.task_list() or list(DEFAULT_TASKS)
     task_plan = plan_tasks(tasks, data_dir)
     if not task_plan.local and not task_plan.hub:
         name, reason = next(iter(task_plan.skipped.items()))
@@ -90,30 +116,68 @@ def plan_zero_shot(run_cfg: RunConfig, data_dir: Path | None):
     return tasks, task_plan
 
 
+def check_outputs(run_cfg: RunConfig) -> None:
+    """--save, --save_model and --cache_dir must be (or become) writable folders, tried with a real file.
+
+    A --save_model folder that holds files other than an earlier model save is refused: the save replaces the
+    folder as a whole (atomically), and must not delete a researcher's other files.
+    """
+    for flag, path in (("--save", run_cfg.save), ("--save_model", run_cfg.save_model),
+                       ("--cache_dir", run_cfg.cache_dir)):
+        if path:
+            check_output_dir(flag, path)
+    if run_cfg.save_model:
+        check_model_target("--save_model", run_cfg.save_model)
+
+
+def count_eval_windows(run_cfg: RunConfig, test_ids: torch.Tensor, seqlen: int, source: str) -> None:
+    """The evaluation text must hold one window of seqlen tokens, and --eval_limit no more than it holds."""
+    windows = test_ids.numel() // seqlen
+    if windows == 0:
+        raise ConfigError(f"WikiText-2 {run_cfg.eval_split} ({source}) has {test_ids.numel()} tokens, fewer than one "
+                          f"evaluation window of seqlen {seqlen}; lower --seqlen or replace the file")
+    if run_cfg.eval_limit is not None and run_cfg.eval_limit > windows:
+        raise ConfigError(f"eval_limit {run_cfg.eval_limit} exceeds the {windows} windows of {seqlen} tokens in "
+                          f"WikiText-2 {run_cfg.eval_split} ({source}); use --eval_limit <= {windows} or omit it")
+
+
 def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
-    """Everything that can fail before the model loads: method, outputs, model, seqlen, widths, data, tasks."""
+    """Everything that can fail before the model loads: method, outputs, model, seqlen, widths, tasks, and the
+    data, read and tokenised (the tokenizer loads without the weights) so every count is checked."""
     method = find_method(config)
-    if run_cfg.save and Path(run_cfg.save).exists() and not Path(run_cfg.save).is_dir():
-        raise ConfigError(f"--save '{run_cfg.save}' exists and is not a folder")
+    check_outputs(run_cfg)
     resolve_model(run_cfg.model, run_cfg.cache_dir)
     data_dir = resolve_data_dir(run_cfg.data_dir)
     model_config = load_config(run_cfg.model, run_cfg.cache_dir)
     seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config), run_cfg.seqlen_max)
     check_structure(model_config, config)
     tasks, task_plan = plan_zero_shot(run_cfg, data_dir) if run_cfg.eval_zero_shot else (None, None)
-    # Read the data before paying for the model, so a missing file fails in a second.
+    # Read and count the data before paying for the model, so a missing or damaged file fails in seconds.
     eval_rows = load_wikitext2_rows(run_cfg.eval_split, data_dir)
     needs_calibration = config.sparsity_ratio > 0 and bool(method.collectors)
     calib_texts = load_calibration_texts(run_cfg.calib_dataset, data_dir) if needs_calibration else None
-    return Plan(method, data_dir, seqlen, eval_rows, calib_texts, tasks, task_plan)
+    tokenizer = load_tokenizer(run_cfg.model, run_cfg.cache_dir)
+    test_ids = wikitext2_ids(eval_rows, tokenizer)
+    eval_source = str(wikitext2_file(run_cfg.eval_split, data_dir) or "hub")
+    count_eval_windows(run_cfg, test_ids, seqlen, eval_source)
+    calib_ids = torch.zeros(0, seqlen, dtype=torch.long)
+    if calib_texts is not None:
+        local = c4_file(data_dir) if run_cfg.calib_dataset == "c4" else wikitext2_file("train", data_dir)
+        calib_ids = calibration_windows(run_cfg.calib_dataset, calib_texts, tokenizer, config.nsamples, config.seed,
+                                        seqlen, source=str(local or "hub"))
+    return Plan(method, data_dir, seqlen, test_ids, calib_ids, tasks, task_plan)
 
 
 def save_outputs(run_cfg: RunConfig, results: dict, model, tokenizer, seconds: dict, t_start: float) -> None:
-    """The pruned model (--save_model), then results.json and Wanda's log file (--save), each atomically."""
+    """The pruned model (--save_model), then results.json and Wanda's log file (--save), each atomically.
+
+    results.json is strict JSON: a non-finite number (an overflowed perplexity) is written as null and its key
+    listed under "non_finite" (lib.checks.json_safe).
+    """
     if run_cfg.save_model:
         t = time.time()
-        model.save_pretrained(run_cfg.save_model)
-        tokenizer.save_pretrained(run_cfg.save_model)
+        save_model_atomic(model, tokenizer, Path(run_cfg.save_model).expanduser())
+        PROGRESS.written.append(run_cfg.save_model)
         seconds["save_model"] = time.time() - t
         print(f"saved pruned model to {run_cfg.save_model}")
     seconds["total"] = time.time() - t_start
@@ -122,46 +186,72 @@ def save_outputs(run_cfg: RunConfig, results: dict, model, tokenizer, seconds: d
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "versions": versions(), "git_commit": git_commit(), "argv": sys.argv[1:],
     })
+    safe, non_finite = json_safe(results)
+    if non_finite:
+        safe["non_finite"] = non_finite
+        results["non_finite"] = non_finite
+        print(f"warning: {', '.join(non_finite)} not finite; recorded as null in results.json")
     if run_cfg.save:
-        save = Path(run_cfg.save)
-        write_atomic(save / "results.json", json.dumps(results, indent=2) + "\n")
-        # Wanda's log format, for scripts that parse it.
-        method, sparsity, ppl = results["prune_method"], results["measured_sparsity"], results["ppl_pruned"]
-        write_atomic(save / f"log_{method}.txt", f"method\tactual_sparsity\tppl_test\n{method}\t{sparsity:.4f}\t"
-                                                 f"{ppl:.4f}\n")
+        save = Path(run_cfg.save).expanduser()
+        try:
+            # Wanda's log format, for scripts that parse it; results.json last, as the mark of a finished run.
+            method, sparsity, ppl = results["prune_method"], results["measured_sparsity"], results["ppl_pruned"]
+            write_atomic(save / f"log_{method}.txt", f"method\tactual_sparsity\tppl_test\n{method}\t"
+                                                     f"{sparsity:.4f}\t{ppl:.4f}\n")
+            write_atomic(save / "results.json", json.dumps(safe, indent=2, allow_nan=False) + "\n")
+        except OSError as err:
+            raise ConfigError(f"could not write results to '{save}' ({err.strerror or err})") from None
+        PROGRESS.written.append(str(save / "results.json"))
         print(f"wrote {save / 'results.json'}")
 
 
+def evaluate(model, plan: Plan, run_cfg: RunConfig, which: str) -> float:
+    """WikiText-2 perplexity; NaN means broken activations, so the first linear that outputs NaN/inf is named.
+
+    inf alone is a result (a destroyed model's loss overflows exp) and is recorded, as null, in results.json.
+    """
+    ppl = eval_ppl(model, plan.test_ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size)
+    if math.isnan(ppl):
+        locate_non_finite(model, find_decoder_layers(model), plan.test_ids[:, :plan.seqlen])
+        raise ConfigError(f"{which} perplexity is NaN although every linear's output is finite on the first window; "
+                          "try --dtype float32")
+    return ppl
+
+
 def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
-    """The whole job: check, load, calibrate, prune, evaluate, write. Returns results.json's content."""
+    """The whole job: check, load, prune, evaluate, save. Returns results.json's content."""
     t_start = time.time()
     seconds: dict[str, float | None] = {}
+    PROGRESS.phase, PROGRESS.written = "check", []
+    t = time.time()
     plan = check(run_cfg, config)
+    seconds["calibration_data"] = time.time() - t  # reading and tokenising the data is most of the check
 
+    PROGRESS.phase = "load"
     t = time.time()
     model, tokenizer = load_model(run_cfg.model, run_cfg.cache_dir, run_cfg.dtype, run_cfg.device_map)
+    check_finite_weights(find_decoder_layers(model))
     seconds["load"] = time.time() - t
     print(f"loaded {run_cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) in "
           f"{seconds['load']:.1f}s; seqlen {plan.seqlen}, dtype {next(model.parameters()).dtype}, device "
           f"{input_device(model)}, device_map {run_cfg.device_map or 'none'}")
 
-    t = time.time()
-    test_ids = wikitext2_ids(plan.eval_rows, tokenizer)
-    calib_ids = torch.zeros(0, plan.seqlen, dtype=torch.long)
-    if plan.calib_texts is not None:
-        calib_ids = calibration_windows(run_cfg.calib_dataset, plan.calib_texts, tokenizer, config.nsamples,
-                                        config.seed, plan.seqlen)
-    seconds["calibration_data"] = time.time() - t
-
     ppl_dense = None
     if not run_cfg.no_dense_eval:
+        PROGRESS.phase = "dense evaluation"
         t = time.time()
-        ppl_dense = eval_ppl(model, test_ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size)
+        ppl_dense = evaluate(model, plan, run_cfg, "dense")
         seconds["eval_dense"] = time.time() - t
         print(f"dense perplexity (wikitext2 {run_cfg.eval_split}): {ppl_dense:.4f}")
 
+    PROGRESS.phase = "pruning"
     t = time.time()
-    report = prune_model(model, calib_ids, config, record_stats=run_cfg.save_stats)
+    try:
+        report = prune_model(model, plan.calib_ids, config, record_stats=run_cfg.save_stats)
+    except torch.linalg.LinAlgError as err:  # SparseGPT's Cholesky on a Hessian that damping did not fix
+        raise ConfigError(f"{config.prune_method}: the Hessian is not positive definite even with percdamp "
+                          f"{config.percdamp} ({str(err).splitlines()[0][:80]}); raise --percdamp or --nsamples") \
+            from None
     seconds["prune"] = time.time() - t
     sparsity, per_layer = check_sparsity(model)
     if config.shrink:
@@ -170,8 +260,9 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
     print(f"pruned with {config.prune_method} ({config.sparsity_type}, ratio {config.sparsity_ratio}) in "
           f"{seconds['prune']:.1f}s; measured sparsity {sparsity:.4f}")
 
+    PROGRESS.phase = "pruned evaluation"
     t = time.time()
-    ppl_pruned = eval_ppl(model, test_ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size)
+    ppl_pruned = evaluate(model, plan, run_cfg, "pruned")
     seconds["eval_pruned"] = time.time() - t
     print(f"pruned perplexity (wikitext2 {run_cfg.eval_split}): {ppl_pruned:.4f}")
 
@@ -186,6 +277,7 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
     if plan.tasks:
         from lib.zeroshot import eval_zero_shot, format_zero_shot_table
 
+        PROGRESS.phase = "zero-shot evaluation"
         t = time.time()
         zs_batch = run_cfg.zs_batch_size if run_cfg.zs_batch_size == "auto" else int(run_cfg.zs_batch_size)
         results["zero_shot"] = eval_zero_shot(model, tokenizer, plan.tasks, run_cfg.zs_limit, zs_batch,
@@ -194,14 +286,20 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
         print(format_zero_shot_table(results["zero_shot"]))
     if run_cfg.save_stats:
         results["layer_stats"] = report.layer_stats
+    PROGRESS.phase = "save"
     save_outputs(run_cfg, results, model, tokenizer, seconds, t_start)
+    PROGRESS.phase = "done"
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse argv, run, and return the exit status: 0 done, 2 one-line error, 130 interrupted (Ctrl-C)."""
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
+    PROGRESS.phase, PROGRESS.written = "startup", []
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return run_cli(lambda: run(settings_from(RunConfig, args), settings_from(PruneConfig, args)))
+    return run_cli(lambda: run(settings_from(RunConfig, args), settings_from(PruneConfig, args)), PROGRESS)
 
 
 if __name__ == "__main__":

@@ -61,11 +61,28 @@ def settings_from(cls: type, args: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def run_cli(main: Callable[[], Any]) -> int:
-    """Call main(); a ConfigError becomes one line on stderr and exit status 2."""
+@dataclasses.dataclass
+class Progress:
+    """Where a run is (its phase) and which outputs it has finished writing, for the one-line interrupt message."""
+
+    phase: str = "startup"
+    written: list[str] = dataclasses.field(default_factory=list)
+
+    def interrupted(self) -> str:
+        """'interrupted during <phase>; nothing written' (or what was written before the interrupt)."""
+        done = f"wrote only {', '.join(self.written)}" if self.written else "nothing written"
+        return f"interrupted during {self.phase}; {done}"
+
+
+def run_cli(main: Callable[[], Any], progress: Progress | None = None) -> int:
+    """Call main(); a ConfigError becomes one line on stderr and exit status 2, Ctrl-C one line and status 130."""
     try:
         main()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # 130 = 128 + SIGINT, what a shell reports for Ctrl-C: batch scripts test for it and stop.
+        print(f"\n{(progress or Progress('run')).interrupted()}", file=sys.stderr)
+        return 130
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 
 CALIB_DATASETS = ("c4", "wikitext2")
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
+MAX_EXPONENT = 10
 
 
 class ConfigError(ValueError):
@@ -32,7 +33,8 @@ def parse_sparsity_type(sparsity_type: str) -> tuple[int, int]:
     """'unstructured' -> (0, 0); 'N:M' with 0 < N < M -> (N, M)."""
     if sparsity_type == "unstructured":
         return 0, 0
-    match = re.fullmatch(r"(\d+):(\d+)", sparsity_type)
+    # No leading zeros: '02:04' would prune as 2:4 but be recorded, and grouped in reports, as another type.
+    match = re.fullmatch(r"([1-9]\d*):([1-9]\d*)", sparsity_type)
     if match is None:
         raise ConfigError(f"sparsity_type '{sparsity_type}' is not understood; use 'unstructured' or 'N:M' "
                           "with integers 0 < N < M, e.g. 2:4 or 4:8")
@@ -78,10 +80,10 @@ class PruneConfig:
     calib_batch_size: int = setting(0, "calibration sequences per layer call (default 0: as many as fit 8192 "
                                        "tokens; lower it if a layer's activations run out of memory; results "
                                        "are the same)")
-    seed: int = setting(0, "calibration sampling seed")
+    seed: int = setting(0, "calibration sampling seed (>= 0)")
     use_variant: bool = setting(False, "Wanda's alpha-search variant (unstructured only)")
     blocksize: int = setting(128, "SparseGPT block size (columns per lazy update)", group="SparseGPT")
-    percdamp: float = setting(0.01, "SparseGPT dampening, fraction of mean diag(H)", group="SparseGPT")
+    percdamp: float = setting(0.01, "SparseGPT dampening, fraction of mean diag(H), in (0, 1]", group="SparseGPT")
     sel_tau_percentile: float = setting(
         0.6, "layer-wide quantile of |x| above which a channel counts as active (IDF), in (0, 1)",
         group="selectivity")
@@ -91,14 +93,14 @@ class PruneConfig:
     sel_idf_clip_min: float = setting(0.0, "lower clip of IDF (default 0, the published formula; > 0 keeps "
                                            "always-on channels)", group="selectivity")
     sel_spiky_clip_max: float = setting(10.0, "upper clip of the spikiness ratio R (> 0)", group="selectivity")
-    sel_idf_exp: float = setting(1.0, "exponent on IDF (0 turns it off)", group="selectivity")
-    sel_spiky_exp: float = setting(1.0, "exponent on R (0 turns it off)", group="selectivity")
+    sel_idf_exp: float = setting(1.0, "exponent on IDF, in [-10, 10] (0 turns it off)", group="selectivity")
+    sel_spiky_exp: float = setting(1.0, "exponent on R, in [-10, 10] (0 turns it off)", group="selectivity")
     neuronrank_max_classes: int = setting(512, "K most frequent calibration token ids used as classes",
                                           group="NeuronRank",
                                           flags=("--neuronrank-max-classes", "--neuronrank_max_classes"))
     nr_granularity: str = setting("weight", "'weight' (default) or 'neuron' (whole MLP neurons)",
                                   group="NeuronRank", choices=("neuron", "weight"))
-    nr_exp: float = setting(1.0, "exponent gamma on the channel factor", group="NeuronRank")
+    nr_exp: float = setting(1.0, "exponent gamma on the channel factor, in [-10, 10]", group="NeuronRank")
     shrink: bool = setting(False, "neuron granularity: physically drop pruned neurons", group="NeuronRank")
 
     def __post_init__(self) -> None:
@@ -117,8 +119,13 @@ class PruneConfig:
                 raise ConfigError(f"{name} {getattr(self, name)} must be a positive integer")
         if self.calib_batch_size < 0:
             raise ConfigError(f"calib_batch_size {self.calib_batch_size} must be >= 0 (0 = automatic)")
-        if not 0.0 <= self.percdamp:
-            raise ConfigError(f"percdamp {self.percdamp} must be >= 0")
+        if self.seed < 0:
+            # random.Random(-1) is random.Random(1): a negative seed would silently repeat another seed's run.
+            raise ConfigError(f"seed {self.seed} must be >= 0")
+        # 0 leaves a rank-deficient Hessian without dampening (Cholesky fails); above 1 the damping outweighs the
+        # data and SparseGPT degenerates to magnitude pruning.
+        if not 0.0 < self.percdamp <= 1.0:
+            raise ConfigError(f"percdamp {self.percdamp} must be in (0, 1] (SparseGPT's default is 0.01)")
         for name in ("sel_tau_percentile", "sel_top_quantile"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be in (0, 1)")
@@ -128,6 +135,11 @@ class PruneConfig:
         if not 0.0 <= self.sel_idf_clip_min <= self.sel_idf_clip_max:
             raise ConfigError(f"sel_idf_clip_min {self.sel_idf_clip_min} must be in [0, sel_idf_clip_max "
                               f"{self.sel_idf_clip_max}]")
+        for name in ("sel_idf_exp", "sel_spiky_exp", "nr_exp"):
+            # A factor of 10 (the default clip) to a power beyond 10 is beyond float16, and beyond 38 beyond
+            # float32: the scores become inf or 0 and the mask is arbitrary.
+            if not -MAX_EXPONENT <= getattr(self, name) <= MAX_EXPONENT:
+                raise ConfigError(f"{name} {getattr(self, name)} must be in [-{MAX_EXPONENT}, {MAX_EXPONENT}]")
         check_choice(self, "nr_granularity")
         if self.neuronrank_max_classes < 0:
             raise ConfigError(f"neuronrank_max_classes {self.neuronrank_max_classes} must be >= 0")
@@ -198,3 +210,15 @@ class RunConfig:
         if self.device_map not in (None, "auto"):
             raise ConfigError(f"device_map '{self.device_map}' is not supported; use 'auto' or omit it")
         check_choice(self, "dtype")
+        if not self.eval_zero_shot:
+            for name in ("tasks", "zs_limit"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"--{name} {getattr(self, name)} has no effect without --eval_zero_shot; add "
+                                      "--eval_zero_shot or drop it")
+        if self.tasks is not None and not self.task_list():
+            raise ConfigError(f"tasks '{self.tasks}' names no task; pass comma-separated lm-eval task names, e.g. "
+                              "piqa,boolq")
+
+    def task_list(self) -> list[str]:
+        """The comma-separated --tasks as a list ([] when none given)."""
+        return [t.strip() for t in (self.tasks or "").split(",") if t.strip()]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import zlib
 from pathlib import Path
 
 import torch
@@ -42,6 +43,61 @@ def _hub_error(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file's content; undecodable or unreadable files are a DataError naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"data file '{path}' is not UTF-8 text (byte {err.start}: {err.reason}); replace it "
+                        "with an intact copy") from None
+    except OSError as err:
+        raise DataError(f"data file '{path}' cannot be read ({err.strerror or err})") from None
+
+
+def read_c4_file(path: Path) -> list[str]:
+    """The 'text' of every row of a C4 .jsonl.gz file; a damaged file is a DataError naming it and the line."""
+    texts: list[str] = []
+    lineno = 0
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    raise DataError(f"C4 file '{path}' line {lineno} has no string 'text' field; each line must be "
+                                    'a JSON object like {"text": "..."}')
+                texts.append(row["text"])
+    except json.JSONDecodeError as err:
+        raise DataError(f"C4 file '{path}' line {lineno} is not valid JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"C4 file '{path}' line {lineno + 1} is not UTF-8 text") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        what = "is truncated" if isinstance(err, EOFError) else "is not a valid gzip file"
+        raise DataError(f"C4 file '{path}' {what} (after {lineno} lines: {err}); replace it with an intact copy") \
+            from None
+    except OSError as err:
+        raise DataError(f"C4 file '{path}' cannot be read ({err.strerror or err})") from None
+    if not any(text.strip() for text in texts):
+        raise DataError(f"C4 file '{path}' holds no text (no row with a non-empty 'text')")
+    return texts
+
+
+def wikitext2_file(split: str, data_dir: Path | None) -> Path | None:
+    """The local file a WikiText-2 split is read from, or None when it comes from the hub (for messages)."""
+    path = None if data_dir is None else data_dir / "wikitext-2-raw" / WIKITEXT_FILES.get(split, "")
+    return path if path is not None and path.is_file() else None
+
+
+def c4_file(data_dir: Path | None) -> Path | None:
+    """The local C4 file calibration is read from, or None when it comes from the hub (for messages)."""
+    if data_dir is None:
+        return None
+    folder = data_dir / "c4"
+    files = [folder / C4_PREFERRED] if (folder / C4_PREFERRED).is_file() else sorted(folder.glob("*.jsonl.gz"))
+    return files[0] if files else None
+
+
 def load_wikitext2_rows(split: str, data_dir: Path | None) -> list[str]:
     """WikiText-2 raw rows as Hugging Face `datasets` gives them: lines with '\\n', blank lines as ''."""
     if split not in WIKITEXT_FILES:
@@ -50,7 +106,7 @@ def load_wikitext2_rows(split: str, data_dir: Path | None) -> list[str]:
     if data_dir is not None:
         path = data_dir / "wikitext-2-raw" / WIKITEXT_FILES[split]
         if path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            lines = read_text_file(path).splitlines(keepends=True)
             return ["" if not line.strip() else line for line in lines]
         tried.append(str(path))
     try:
@@ -70,8 +126,7 @@ def load_c4_texts(data_dir: Path | None) -> list[str]:
         folder = data_dir / "c4"
         files = [folder / C4_PREFERRED] if (folder / C4_PREFERRED).is_file() else sorted(folder.glob("*.jsonl.gz"))
         if files:
-            with gzip.open(files[0], "rt", encoding="utf-8") as handle:
-                return [json.loads(line)["text"] for line in handle if line.strip()]
+            return read_c4_file(files[0])
         tried.append(f"{folder}/*.jsonl.gz")
     try:
         from datasets import load_dataset
@@ -84,15 +139,30 @@ def load_c4_texts(data_dir: Path | None) -> list[str]:
                     "Set --data_dir or WANDA_DATA_DIR to a folder like ../shared/data")
 
 
-def _windows_from_stream(ids: torch.Tensor, nsamples: int, seqlen: int, rng: random.Random) -> torch.Tensor:
+def check_capacity(nsamples: int, starts: int, seqlen: int, source: str) -> None:
+    """nsamples windows must not exceed the distinct windows (start positions) the calibration text offers.
+
+    More than that can only repeat windows: it is never meant, and a typo like 1000000000 would otherwise
+    allocate nsamples x seqlen token ids and run for hours before anything is printed.
+    """
+    if starts == 0:
+        raise DataError(f"calibration text ({source}) has no window of seqlen+1 = {seqlen + 1} tokens; lower "
+                        "--seqlen or use more text")
+    if nsamples > starts:
+        raise ConfigError(f"nsamples {nsamples} exceeds the {starts} distinct windows of {seqlen} tokens that the "
+                          f"calibration text ({source}) can supply; use --nsamples <= {starts}")
+
+
+def _windows_from_stream(ids: torch.Tensor, nsamples: int, seqlen: int, rng: random.Random,
+                         source: str = "joined text") -> torch.Tensor:
     """nsamples random windows [nsamples, seqlen] from one token stream ids [N] (Wanda's wikitext2 draw)."""
-    if ids.numel() <= seqlen:
-        raise DataError(f"calibration text has {ids.numel()} tokens, fewer than seqlen+1 = {seqlen + 1}")
+    check_capacity(nsamples, max(0, ids.numel() - seqlen), seqlen, source)
     starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(nsamples)]
     return torch.stack([ids[s:s + seqlen] for s in starts])
 
 
-def c4_windows(texts: list[str], tokenizer, nsamples: int, seed: int, seqlen: int) -> torch.Tensor:
+def c4_windows(texts: list[str], tokenizer, nsamples: int, seed: int, seqlen: int,
+               source: str = "C4") -> torch.Tensor:
     """Wanda's get_c4 draw: a random document longer than seqlen (with replacement), then a random window.
 
     The random calls are Wanda's, and only the drawn documents are tokenised (the hub shard has ~356k), so the
@@ -101,6 +171,9 @@ def c4_windows(texts: list[str], tokenizer, nsamples: int, seed: int, seqlen: in
     joined in file order with '\\n\\n' into one stream and windows are drawn from it, with the seed afresh.
     """
     rng = random.Random(seed)
+    # A token covers at least one character (plus a BOS/EOS), so this bounds the distinct windows without
+    # tokenising every document: it refuses a typo like --nsamples 1000000000 and never a possible request.
+    check_capacity(nsamples, sum(max(0, len(text) + 2 - seqlen) for text in texts), seqlen, source)
     tokenized: dict[int, torch.Tensor] = {}
     longest = 0
     samples = []
@@ -116,7 +189,8 @@ def c4_windows(texts: list[str], tokenizer, nsamples: int, seed: int, seqlen: in
                 logger.warning("no C4 document is longer than seqlen=%d tokens; drawing windows from joined "
                                "documents", seqlen)
                 joined = tokenizer("\n\n".join(texts), return_tensors="pt").input_ids[0]
-                return _windows_from_stream(joined, nsamples, seqlen, random.Random(seed))
+                return _windows_from_stream(joined, nsamples, seqlen, random.Random(seed),
+                                            f"{source}, documents joined")
         ids = tokenized[i]
         start = rng.randint(0, ids.numel() - seqlen - 1)
         samples.append(ids[start:start + seqlen])
@@ -133,12 +207,15 @@ def load_calibration_texts(name: str, data_dir: Path | None) -> list[str]:
 
 
 def calibration_windows(name: str, texts: list[str], tokenizer, nsamples: int, seed: int,
-                        seqlen: int) -> torch.Tensor:
-    """Calibration token ids [nsamples, seqlen] from load_calibration_texts(name)'s texts, drawn as Wanda does."""
+                        seqlen: int, source: str | None = None) -> torch.Tensor:
+    """Calibration token ids [nsamples, seqlen] from load_calibration_texts(name)'s texts, drawn as Wanda does.
+
+    source names where the texts came from in errors (nsamples beyond the distinct windows, text too short).
+    """
     if name == "c4":
-        return c4_windows(texts, tokenizer, nsamples, seed, seqlen)
+        return c4_windows(texts, tokenizer, nsamples, seed, seqlen, source or "C4")
     ids = tokenizer(" ".join(texts), return_tensors="pt").input_ids[0]
-    return _windows_from_stream(ids, nsamples, seqlen, random.Random(seed))
+    return _windows_from_stream(ids, nsamples, seqlen, random.Random(seed), source or "WikiText-2 train")
 
 
 def get_calibration(name: str, tokenizer, nsamples: int, seed: int, seqlen: int,

@@ -137,11 +137,70 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def check_gguf_file(path: Path) -> None:
+    """A .gguf file must start with the GGUF magic and its tensors must lie inside the file (not truncated)."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as err:
+        raise ConfigError(f"model file '{path}' cannot be read ({err.strerror or err})") from None
+    if magic != b"GGUF":
+        raise ConfigError(f"model file '{path}' is not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(path)  # memory-maps the file and builds every tensor view: a short file fails here
+    except Exception as err:  # the reader raises ValueError, IndexError, struct errors on damaged files
+        raise ConfigError(f"model file '{path}' is damaged or truncated ({_first_line(err)})") from None
+
+
+def check_model_folder(folder: Path) -> None:
+    """A local model folder needs config.json and intact weights; checks safetensors headers, loads nothing."""
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"model folder '{folder}' has no config.json; pass a folder saved by save_pretrained "
+                          "(or main.py --save_model), a .gguf file or a hub id")
+    shards = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            raise ConfigError(f"model folder '{folder}': {index.name} is damaged ({_first_line(err)})") from None
+        missing = sorted(n for n in names if not (folder / n).is_file())
+        if missing:
+            raise ConfigError(f"model folder '{folder}' is missing weight shards {missing} named in {index.name}")
+    if not shards and not list(folder.glob("pytorch_model*.bin")):
+        raise ConfigError(f"model folder '{folder}' has no weights (no *.safetensors or pytorch_model*.bin)")
+    from safetensors import safe_open
+
+    for shard in shards:
+        try:
+            with safe_open(str(shard), "pt") as handle:
+                handle.keys()
+        except Exception as err:  # SafetensorError (truncated, bad header) is not an OSError
+            raise ConfigError(f"model weights '{shard}' are damaged or truncated ({_first_line(err)})") from None
+
+
 def load_config(spec: str, cache_dir: str | Path = "llm_weights"):
-    """The model's config only (cheap), for validating seqlen before the weights are loaded."""
+    """The model's config only (cheap), for validating seqlen before the weights are loaded.
+
+    A local folder or GGUF file is checked first (check_model_folder, check_gguf_file), so a damaged model
+    fails here in one line rather than after the data is read.
+    """
     from transformers import AutoConfig
 
     source, gguf = resolve_model(spec, cache_dir)
+    if gguf is not None:
+        check_gguf_file(gguf)
+    elif Path(source).is_dir():
+        check_model_folder(Path(source))
     try:
         if gguf is not None:
             return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -149,6 +208,21 @@ def load_config(spec: str, cache_dir: str | Path = "llm_weights"):
     except OSError as err:
         raise ConfigError(f"model '{spec}' is neither a local folder nor reachable on the hub "
                           f"({str(err).splitlines()[0]})") from None
+    except (ValueError, KeyError, TypeError) as err:  # unknown model_type, unsupported GGUF architecture, bad JSON
+        raise ConfigError(f"model '{spec}' has a config transformers cannot read ({_first_line(err)})") from None
+
+
+def load_tokenizer(spec: str, cache_dir: str | Path = "llm_weights"):
+    """The tokenizer alone (no weights), so the data can be tokenised and counted before the model loads."""
+    from transformers import AutoTokenizer
+
+    source, gguf = resolve_model(spec, cache_dir)
+    try:
+        if gguf is not None:
+            return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return AutoTokenizer.from_pretrained(source, cache_dir=cache_dir)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"model '{spec}' has no tokenizer that can be loaded ({_first_line(err)})") from None
 
 
 def resolve_dtype(name: str | None, model_config=None) -> torch.dtype:
@@ -177,8 +251,8 @@ def load_model(spec: str, cache_dir: str | Path = "llm_weights", dtype: torch.dt
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, cache_dir=cache_dir,
                                                      device_map=device_map, low_cpu_mem_usage=True)
         tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir)
-    except OSError as err:
-        raise ConfigError(f"model '{spec}' could not be loaded ({str(err).splitlines()[0]})") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model '{spec}' could not be loaded ({_first_line(err)})") from None
     if device_map is None:
         model.to("cuda" if torch.cuda.is_available() else "cpu")
     model.eval()

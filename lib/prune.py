@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 import lib.methods  # noqa: F401  (registers every method)
+from lib.checks import check_finite_activations, check_finite_stats
 from lib.config import ConfigError, PruneConfig
 from lib.models import find_decoder_layers, find_linears, input_device
 from lib.registry import Method, find_method
@@ -222,15 +223,6 @@ def calibrate(layer: nn.Module, linears: dict[str, nn.Linear], inps: torch.Tenso
     return hooks.finalize()
 
 
-def check_finite(stats: dict[str, dict], layer_index: int) -> None:
-    """Stop with one line naming the layer and linear when a statistic holds NaN or inf (overflowing fp16
-    activations, a corrupt weight), instead of pruning on garbage."""
-    for name, linear_stats in stats.items():
-        for key, value in linear_stats.items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
-                raise ConfigError(f"layer {layer_index} {name}: statistic '{key}' is not finite (NaN or inf in its "
-                                  f"inputs); check the weights, or use --dtype bfloat16/float32 if float16 overflows")
-
 
 def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, dict], method: Method,
              config: PruneConfig) -> None:
@@ -309,7 +301,8 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
                 inps, outs = inps.to(device), outs.to(device)
             kwargs = to_device(layer_kwargs[i], device, moved.setdefault(device, {}))
             stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch)
-            check_finite(stats, i)
+            for name, linear_stats in stats.items():
+                check_finite_stats(i, name, linear_stats)
         # Structured methods may shrink linears: count removed weights as pruned, against the original size.
         original = sum(lin.weight.numel() for lin in linears.values())
         compress(layer, linears, stats, method, config)
@@ -319,6 +312,7 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
         if needs_data:
             propagate(layer, inps, outs, kwargs, batch)
             inps, outs = outs, inps
+            check_finite_activations(i, inps)
         report.layer_sparsity.append(layer_sparsity(find_linears(layer), original))
         report.layer_seconds.append(time.time() - start)
         logger.info("layer %d/%d: sparsity %.4f in %.2fs", i + 1, len(layers), report.layer_sparsity[-1],

@@ -5,9 +5,12 @@ import importlib.metadata
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from lib.config import ConfigError
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "gguf", "numpy", "lm_eval", "peft")
 
@@ -17,12 +20,44 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; results are meant to be shared and read
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_model_atomic(model, tokenizer, target: Path) -> None:
+    """Model and tokenizer into a temporary sibling of target, then renamed over it: a killed or failed save
+    leaves only a hidden '.name.*' folder, never a target that looks finished (weights without a tokenizer, or
+    new weights beside an earlier run's results.json). An earlier folder at target is replaced as a whole."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving.", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)) / target.name
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except OSError as err:
+        raise ConfigError(f"could not write the model to '{target}' ({err.strerror or err}); nothing was "
+                          "written there") from None
+    finally:
+        if old.exists() and not target.exists():  # the new folder never arrived: put the earlier one back
+            os.replace(old, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def versions() -> dict[str, str]:

@@ -16,17 +16,18 @@ from pathlib import Path
 
 import torch
 
-from lib.cli import run_cli
+from lib.checks import check_model_target, check_output_dir
+from lib.cli import OneLineParser, run_cli
 from lib.config import ConfigError
 from lib.models import DTYPES
-from lib.runinfo import write_atomic
+from lib.runinfo import save_model_atomic, write_atomic
 from lora_ft.lora_utils import merge_lora
 
 logger = logging.getLogger("lora_ft.evaluate_ppl")
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; evaluation flags mean what they mean in main.py."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--lora_weights", required=True, help="adapter folder written by lora_ft/finetune_lm.py")
     p.add_argument("--model", default=None, help="base model (default: the one recorded in the adapter's config)")
     p.add_argument("--data_dir", default=None, help="local data folder (default: $WANDA_DATA_DIR)")
@@ -52,28 +53,93 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> list[str] | None:
+    """Flags no settings dataclass checks, one line naming the value -> the zero-shot task list (None: default)."""
+    for name in ("seqlen", "eval_limit", "zs_limit"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} {value} must be a positive integer")
+    for name in ("eval_batch_size", "zs_batch_size"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"{name} {getattr(args, name)} must be a positive integer")
+    if args.save_merged and not (args.merge or args.merge_masked):
+        raise ConfigError(f"--save_merged {args.save_merged} needs --merge_masked (keeps sparsity) or --merge")
+    for name in ("tasks", "zs_limit"):
+        if not args.eval_zero_shot and getattr(args, name) is not None:
+            raise ConfigError(f"--{name} {getattr(args, name)} has no effect without --eval_zero_shot; add "
+                              "--eval_zero_shot or drop it")
+    tasks = None
+    if args.tasks is not None:
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not tasks:
+            raise ConfigError(f"tasks '{args.tasks}' names no task; pass comma-separated lm-eval task names")
+    return tasks
+
+
+def check_adapter(adapter: Path) -> str:
+    """The adapter folder must hold a readable adapter_config.json and intact weights -> its base model spec."""
+    config_file = adapter / "adapter_config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"lora_weights '{adapter}' has no adapter_config.json; pass the --output_dir of "
+                          "finetune_lm.py")
+    try:
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (ValueError, OSError, AttributeError) as err:
+        raise ConfigError(f"lora_weights '{config_file}' is not a valid adapter config ({err})") from None
+    weights = adapter / "adapter_model.safetensors"
+    if weights.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), "pt") as handle:
+                handle.keys()
+        except Exception as err:  # SafetensorError: truncated or damaged
+            raise ConfigError(f"adapter weights '{weights}' are damaged or truncated ({err})") from None
+    elif not (adapter / "adapter_model.bin").is_file():
+        raise ConfigError(f"lora_weights '{adapter}' has no adapter_model.safetensors")
+    return base
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate and return (and save) {sparsity, ppl} for base, base + adapter, and the merged model."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from peft import PeftConfig, PeftModel
+    from peft import PeftModel
 
     from lib.data import get_wikitext2_test_ids, resolve_data_dir
     from lib.eval import eval_ppl
-    from lib.models import load_model, max_sequence_length
+    from lib.models import load_config, load_model, load_tokenizer, max_sequence_length
     from lib.sparsity import check_sparsity
 
-    if args.save_merged and not (args.merge or args.merge_masked):
-        raise ConfigError("--save_merged needs --merge_masked (keeps sparsity) or --merge")
+    tasks = check_args(args)
     adapter = Path(args.lora_weights)
-    if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"lora_weights '{adapter}' has no adapter_config.json; pass the --output_dir of finetune_lm.py")
-    spec = args.model or PeftConfig.from_pretrained(str(adapter)).base_model_name_or_path
+    spec = args.model or check_adapter(adapter)
+    if args.model:
+        check_adapter(adapter)
+    if not spec:
+        raise ConfigError(f"lora_weights '{adapter}' records no base model; pass --model")
+    output = Path(args.output) if args.output else adapter / "eval_results.json"
+    if output.is_dir():
+        raise ConfigError(f"--output '{output}' is a folder; pass a file name such as eval_results.json")
+    check_output_dir("--output's folder", output.parent)
+    if args.save_merged:
+        check_output_dir("--save_merged", args.save_merged)
+        check_model_target("--save_merged", args.save_merged)
     data_dir = resolve_data_dir(args.data_dir)
 
+    # Model files, data and window counts first: a bad input should fail before the model is loaded.
+    model_max = max_sequence_length(load_config(spec, args.cache_dir))
+    if args.seqlen is not None and model_max is not None and args.seqlen > model_max:
+        raise ConfigError(f"seqlen {args.seqlen} exceeds the model's maximum of {model_max} positions")
+    seqlen = args.seqlen or min(2048, model_max or 2048)
+    test_ids = get_wikitext2_test_ids(load_tokenizer(spec, args.cache_dir), data_dir)
+    windows = test_ids.numel() // seqlen
+    if windows == 0:
+        raise ConfigError(f"WikiText-2 test has {test_ids.numel()} tokens, fewer than one window of seqlen {seqlen}")
+    if args.eval_limit is not None and args.eval_limit > windows:
+        raise ConfigError(f"eval_limit {args.eval_limit} exceeds the {windows} windows of {seqlen} tokens in "
+                          f"WikiText-2 test; use --eval_limit <= {windows} or omit it")
     model, tokenizer = load_model(spec, cache_dir=args.cache_dir, dtype=DTYPES[args.dtype] if args.dtype else None)
-    seqlen = args.seqlen or min(2048, max_sequence_length(model.config) or 2048)
-    test_ids = get_wikitext2_test_ids(tokenizer, data_dir)
     results: dict = {"model": spec, "lora_weights": str(adapter), "seqlen": seqlen, "eval_limit": args.eval_limit,
                      "command": " ".join(["python", "lora_ft/evaluate_ppl.py",
                                           *(argv if argv is not None else sys.argv[1:])])}
@@ -104,18 +170,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{kind:<15} sparsity {results['base_sparsity']:.4f} -> {results[kind + '_sparsity']:.4f}  "
               f"wikitext2 ppl {results['ppl_' + kind]:.4f}  ({note})")
         if args.save_merged:
-            final.save_pretrained(args.save_merged)
-            tokenizer.save_pretrained(args.save_merged)
+            save_model_atomic(final, tokenizer, Path(args.save_merged).expanduser())
             print(f"merged model saved to {args.save_merged}")
 
     if args.eval_zero_shot:
         from lib.zeroshot import DEFAULT_TASKS, eval_zero_shot, format_zero_shot_table
 
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(DEFAULT_TASKS)
+        tasks = tasks or list(DEFAULT_TASKS)
         results["zero_shot"] = eval_zero_shot(final, tokenizer, tasks, args.zs_limit, args.zs_batch_size, data_dir)
         print(format_zero_shot_table(results["zero_shot"]))
 
-    output = Path(args.output) if args.output else adapter / "eval_results.json"
     write_atomic(output, json.dumps(results, indent=2))
     print(f"results written to {output}")
     return results

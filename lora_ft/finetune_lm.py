@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from lib.cli import run_cli
+from lib.checks import check_output_dir
+from lib.cli import OneLineParser, finite_float, run_cli
 from lib.config import ConfigError
 from lib.models import DTYPES
 from lib.runinfo import write_atomic
@@ -28,7 +29,7 @@ logger = logging.getLogger("lora_ft.finetune_lm")
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; names follow Wanda's / HF run_clm's flags where they exist."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="folder saved by main.py --save_model (or any lib.models spec)")
     p.add_argument("--output_dir", required=True, help="where the adapter (adapter_config.json + weights) goes")
     p.add_argument("--dataset", choices=["c4", "wikitext2"], default="c4",
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", default="llm_weights")
     p.add_argument("--max_train_samples", type=int, default=30000, help="training blocks (run_clm's meaning)")
     p.add_argument("--block_size", type=int, default=1024)
-    p.add_argument("--learning_rate", type=float, default=1e-4)
-    p.add_argument("--num_train_epochs", type=float, default=1.0)
+    p.add_argument("--learning_rate", type=finite_float, default=1e-4)
+    p.add_argument("--num_train_epochs", type=finite_float, default=1.0)
     p.add_argument("--max_steps", type=int, default=None, help="optimizer steps; overrides --num_train_epochs")
     p.add_argument("--per_device_train_batch_size", type=int, default=1)
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lora_r", type=int, default=8)
     p.add_argument("--lora_alpha", type=int, default=16)
-    p.add_argument("--lora_dropout", type=float, default=0.05)
+    p.add_argument("--lora_dropout", type=finite_float, default=0.05)
     p.add_argument("--lora_target_modules", default="q_proj,v_proj", help="comma-separated linear names")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="base weights' dtype (default float32 on CPU, bfloat16 on CUDA); the adapter trains in float32")
@@ -56,12 +57,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_train_file(path: Path) -> list[str]:
-    """Documents from a .jsonl ('text' field) or a plain-text file (blank-line separated)."""
+    """Documents from a .jsonl ('text' field) or a plain-text file (blank-line separated); a damaged file is a
+    ConfigError naming it (and the line)."""
+    from lib.data import read_text_file
+
     if not path.is_file():
-        raise FileNotFoundError(f"train_file '{path}' does not exist")
-    if path.suffix == ".jsonl":
-        return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [doc for doc in path.read_text(encoding="utf-8").split("\n\n") if doc.strip()]
+        raise ConfigError(f"train_file '{path}' does not exist or is not a file")
+    text = read_text_file(path)
+    if path.suffix != ".jsonl":
+        return [doc for doc in text.split("\n\n") if doc.strip()]
+    docs = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"train_file '{path}' line {lineno} is not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise ConfigError(f"train_file '{path}' line {lineno} has no string 'text' field")
+        docs.append(row["text"])
+    return docs
+
+
+def check_target_modules(model_config, lora: LoraSettings) -> None:
+    """--lora_target_modules must name linears of the model: checked on a weightless (meta) skeleton."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(model_config)
+    leaf_names = {name.rsplit(".", 1)[-1] for name, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in lora.target_modules if t not in leaf_names]
+    if missing:
+        raise ConfigError(f"lora_target_modules {missing} are not linears of this model; choose from "
+                          f"{sorted(leaf_names)}")
+    # A rank above a target's narrower side adds nothing a full update would not, at more memory.
+    width = min(min(m.in_features, m.out_features) for name, m in skeleton.named_modules()
+                if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in lora.target_modules)
+    if lora.r > width:
+        raise ConfigError(f"lora_r {lora.r} exceeds the narrowest target linear's width {width}; use --lora_r <= "
+                          f"{width}")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The integer and float flags that no settings dataclass checks; one line naming the value."""
+    for name in ("max_train_samples", "per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"{name} {getattr(args, name)} must be a positive integer")
+    if args.block_size < 2:
+        raise ConfigError(f"block_size {args.block_size} must be at least 2 tokens")
+    if args.logging_steps < 0:
+        raise ConfigError(f"logging_steps {args.logging_steps} must be >= 0 (0 = no loss logging)")
+    if args.seed < 0:
+        raise ConfigError(f"seed {args.seed} must be >= 0")
+    # AdamW steps move each weight by about the learning rate: above 1 the adapter can only diverge.
+    if not 0 < args.learning_rate <= 1:
+        raise ConfigError(f"learning_rate {args.learning_rate} must be in (0, 1] (Wanda uses 1e-4)")
+    if not 0 < args.num_train_epochs <= 1000:
+        raise ConfigError(f"num_train_epochs {args.num_train_epochs} must be in (0, 1000] (Wanda uses 1)")
 
 
 def load_texts(args: argparse.Namespace, data_dir: Path | None) -> list[str]:
@@ -81,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from lib.data import resolve_data_dir
-    from lib.models import load_model
+    from lib.models import load_config, load_model, load_tokenizer, max_sequence_length
     from lib.sparsity import check_sparsity
 
     lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
@@ -90,17 +144,27 @@ def main(argv: list[str] | None = None) -> dict:
                           max_steps=args.max_steps, batch_size=args.per_device_train_batch_size,
                           gradient_accumulation_steps=args.gradient_accumulation_steps, seed=args.seed,
                           logging_steps=args.logging_steps)
-    if args.max_train_samples <= 0:
-        raise ConfigError(f"max_train_samples {args.max_train_samples} must be a positive integer")
+    check_args(args)
+    check_output_dir("--output_dir", args.output_dir)
+    check_output_dir("--cache_dir", args.cache_dir)
     data_dir = resolve_data_dir(args.data_dir)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
 
-    # Text first: a missing dataset should fail before the model is loaded.
+    # Model files, text and token counts first: a bad input should fail before the model is loaded.
+    model_config = load_config(args.model, args.cache_dir)
+    check_target_modules(model_config, lora)
+    model_max = max_sequence_length(model_config)
+    if model_max is not None and args.block_size > model_max:
+        raise ConfigError(f"block_size {args.block_size} exceeds the model's maximum of {model_max} positions")
     texts = load_texts(args, data_dir)
+    blocks = texts_to_blocks(texts, load_tokenizer(args.model, args.cache_dir), args.block_size,
+                             args.max_train_samples)
+    if args.gradient_accumulation_steps > blocks.shape[0]:
+        raise ConfigError(f"gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
+                          f"{blocks.shape[0]} training blocks; use at most {blocks.shape[0]}")
     model, tokenizer = load_model(args.model, cache_dir=args.cache_dir, dtype=dtype)
     sparsity = check_sparsity(model)[0]
     print(f"base model {args.model}: sparsity {sparsity:.4f}")
-    blocks = texts_to_blocks(texts, tokenizer, args.block_size, args.max_train_samples)
     print(f"training blocks: {blocks.shape[0]} x {blocks.shape[1]} tokens")
 
     peft_model = attach_lora(model, lora)
@@ -118,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # train_log.json last: it marks a finished adapter (written atomically).
     peft_model.save_pretrained(out)
     log = {"model": args.model, "base_sparsity": sparsity, "lora": dataclasses.asdict(lora),
            "train": dataclasses.asdict(train), "blocks": list(blocks.shape), "steps": len(losses), "seconds": round(seconds, 1),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lib.checks import NonFiniteError
 from lib.config import ConfigError
 from lib.models import input_device
 
@@ -35,7 +36,7 @@ class LoraSettings:
             raise ConfigError(f"lora_r {self.r} must be a positive integer (Wanda uses 8)")
         if self.alpha <= 0:
             raise ConfigError(f"lora_alpha {self.alpha} must be positive (Wanda uses 16)")
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
             raise ConfigError(f"lora_dropout {self.dropout} must be in [0, 1)")
         if not self.target_modules:
             raise ConfigError("lora_target_modules is empty; name at least one linear, e.g. q_proj,v_proj")
@@ -62,6 +63,9 @@ class TrainSettings:
     logging_steps: int = 10
 
     def __post_init__(self) -> None:
+        for name in ("learning_rate", "num_train_epochs", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} {getattr(self, name)} must be a finite number")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate {self.learning_rate} must be positive")
         if self.max_steps is None and not self.num_train_epochs > 0:
@@ -174,6 +178,10 @@ def train_lora(peft_model: nn.Module, blocks: torch.Tensor, settings: TrainSetti
             loss = peft_model(input_ids=batch, labels=batch).loss / settings.gradient_accumulation_steps
             loss.backward()
             step_loss += loss.item()
+        if not math.isfinite(step_loss):
+            # A NaN/inf loss poisons the adapter on the next step; stop before anything is saved.
+            raise NonFiniteError(f"training loss is {step_loss} at step {step + 1}/{steps}; lower --learning_rate "
+                                 f"(now {settings.learning_rate:g}) or check the base model's weights")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -184,6 +192,10 @@ def train_lora(peft_model: nn.Module, blocks: torch.Tensor, settings: TrainSetti
             logger.info("step %d/%d: loss %.4f (mean of last %d)", step + 1, steps, sum(recent) / len(recent),
                         len(recent))
     peft_model.eval()
+    for name, param in peft_model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            raise NonFiniteError(f"adapter weight '{name}' became non-finite in training; lower --learning_rate "
+                                 f"(now {settings.learning_rate:g})")
     return losses
 
 

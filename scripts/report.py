@@ -90,11 +90,19 @@ def find_results(paths: list[str | Path]) -> list[Path]:
 
 
 def load_runs(paths: list[Path]) -> list[dict]:
-    """The parsed results.json files, each with its path under '_path'."""
+    """The parsed results.json files, each with its path under '_path'; an unreadable one is named on stderr
+    and left out (a killed or truncated run must not hide the others)."""
     runs = []
     for path in paths:
-        with open(path) as f:
-            run = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                run = json.load(f)
+            if not isinstance(run, dict) or "prune_method" not in run or "ppl_pruned" not in run:
+                raise ValueError("not a results.json of main.py (no prune_method / ppl_pruned)")
+        except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            print(f"warning: skipping {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+                  file=sys.stderr)
+            continue
         run["_path"] = str(path)
         runs.append(run)
     return runs
@@ -435,9 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="wanda", help="method the paired change is measured against")
     args = parser.parse_args(argv)
 
-    runs = load_runs(find_results(args.paths))
+    try:
+        paths = find_results(args.paths)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    runs = load_runs(paths)
     if not runs:
-        print(f"no results.json found under {' '.join(args.paths)}", file=sys.stderr)
+        print(f"no readable results.json found under {' '.join(args.paths)}", file=sys.stderr)
         return 1
     rows = summarise(runs, baseline=args.baseline, defaults=config_defaults())
     out = Path(args.out)

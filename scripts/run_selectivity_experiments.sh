@@ -9,10 +9,12 @@
 #   --all-methods    also magnitude, sparsegpt, neuronrank, neuronrank_fisher
 #   --no-report      skip the report (scripts/sweep_sparsity.sh writes one over all ratios instead)
 #
-# Resume: a run whose results.json exists is skipped, so rerunning after an interruption finishes the batch.
-# main.py writes results.json atomically and only on success, so a failed or killed run is simply rerun.
+# Resume: a run counts as finished only if its results.json parses and records this run's settings
+# (scripts/finished.py); finished runs are skipped, any other is rerun. main.py writes results.json atomically
+# and only on success, so a failed or killed run is simply rerun.
 # Failure policy: a failed run is reported and the batch continues with the remaining runs; the report is
 # written over whatever succeeded, and the script exits 1 naming the failed runs (logs in <run dir>/run.log).
+# Ctrl-C stops the batch (exit 130); rerunning the command resumes it.
 #
 # Environment (quick protocol defaults, as `make run`):
 #   NSAMPLES=32 SEQLEN=512 EVAL_LIMIT=16   calibration samples, sequence length, eval windows (EVAL_LIMIT=none: all)
@@ -22,6 +24,8 @@
 #   EXTRA_ARGS="..."    more main.py arguments for every run; they share the folders of runs without them,
 #                      so give such a batch its own RESULTS_DIR
 set -euo pipefail
+# Ctrl-C: bash runs this once the current main.py has exited (it prints its own line and exits 130).
+trap 'echo "interrupted: batch stopped (rerun this command to resume)" >&2; exit 130' INT
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -88,16 +92,26 @@ for seed in "${SEEDS[@]}"; do
         dense=(--no_dense_eval)
         if [ "$DENSE_EVAL" = all ] || { [ "$DENSE_EVAL" = first ] && [ "$first" = 1 ]; }; then dense=(); fi
         first=0
-        if [ -f "$dir/results.json" ]; then
-            echo "($i/$total) skip $method seed $seed: $dir/results.json exists"
-            continue
+        if [ -e "$dir/results.json" ]; then
+            if why="$("$PYTHON" "$REPO/scripts/finished.py" "$dir/results.json" model="$MODEL" \
+                    prune_method="$method" sparsity_ratio="$SPARSITY" sparsity_type="$TYPE" seed="$seed" \
+                    nsamples="$NSAMPLES" seqlen="$SEQLEN" eval_limit="$EVAL_LIMIT")"; then
+                echo "($i/$total) skip $method seed $seed: $dir/results.json is finished"
+                continue
+            fi
+            echo "($i/$total) rerun $method seed $seed: $why"
         fi
         mkdir -p "$dir"
         echo "($i/$total) run  $method seed $seed (log: $dir/run.log)"
-        if ! "$PYTHON" "$REPO/main.py" --model "$MODEL" --prune_method "$method" --sparsity_ratio "$SPARSITY" \
-                --sparsity_type "$TYPE" --seed "$seed" --nsamples "$NSAMPLES" --seqlen "$SEQLEN" \
-                ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} ${dense[@]+"${dense[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} \
-                --save "$dir" > "$dir/run.log" 2>&1; then
+        rc=0
+        "$PYTHON" "$REPO/main.py" --model "$MODEL" --prune_method "$method" --sparsity_ratio "$SPARSITY" \
+            --sparsity_type "$TYPE" --seed "$seed" --nsamples "$NSAMPLES" --seqlen "$SEQLEN" \
+            ${EVAL_ARGS[@]+"${EVAL_ARGS[@]}"} ${dense[@]+"${dense[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} \
+            --save "$dir" > "$dir/run.log" 2>&1 || rc=$?
+        if [ "$rc" = 130 ]; then
+            echo "($i/$total) interrupted $method seed $seed: batch stopped (rerun this command to resume)" >&2
+            exit 130
+        elif [ "$rc" != 0 ]; then
             echo "($i/$total) FAILED $method seed $seed; last lines of $dir/run.log:" >&2
             tail -n 5 "$dir/run.log" >&2 || true
             FAILED+=("$method/seed$seed")

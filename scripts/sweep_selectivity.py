@@ -12,7 +12,7 @@
 
 Grid size: --design axes (default) varies one factor at a time around the defaults (1 + sum(k_i - 1) points,
 7 for the default axes); --design full is the Cartesian product (81); --max_points caps either (env
-SWEEP_DESIGN, SWEEP_MAX_POINTS). Runs whose results.json exists are skipped, so an interrupted sweep resumes.
+SWEEP_DESIGN, SWEEP_MAX_POINTS). Finished runs (scripts/finished.py) are skipped, so an interrupted sweep resumes.
 Environment as scripts/run_selectivity_experiments.sh: PYTHON, RESULTS_DIR, NSAMPLES, SEQLEN, EVAL_LIMIT.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import finished  # scripts/finished.py
 import report  # scripts/report.py, beside this file (a script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,8 +87,10 @@ class Runner:
         """The run's folder; results.json is there unless the run failed (recorded in self.failed)."""
         folder = self.root / split / method / (slug(point) if point else "") / f"seed{seed}"
         folder = Path(os.path.normpath(folder))
-        if (folder / "results.json").is_file():
-            print(f"skip {folder.relative_to(self.root)}: results.json exists", flush=True)
+        why = finished.why_unfinished(folder / "results.json", {"model": self.args.model, "prune_method": method,
+                                                                "seed": str(seed), "eval_split": split})
+        if why is None:
+            print(f"skip {folder.relative_to(self.root)}: results.json is finished", flush=True)
             return folder
         folder.mkdir(parents=True, exist_ok=True)
         a = self.args
@@ -104,6 +107,9 @@ class Runner:
             log.write("$ " + shlex.join(command) + "\n")
             log.flush()
             code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        if code == 130:  # main.py was interrupted (Ctrl-C): stop the sweep, a rerun resumes it
+            print(f"interrupted {folder.relative_to(self.root)}: sweep stopped (rerun to resume)", file=sys.stderr)
+            raise SystemExit(130)
         if code != 0 or not (folder / "results.json").is_file():
             print(f"FAILED {folder.relative_to(self.root)} (exit {code}); see {folder / 'run.log'}", file=sys.stderr)
             self.failed.append(str(folder.relative_to(self.root)))
@@ -221,4 +227,8 @@ def write_summary(path: Path, args: argparse.Namespace, grid: list[dict], order:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C reaches this process and the current main.py together
+        print("\ninterrupted: sweep stopped (rerun to resume)", file=sys.stderr)
+        sys.exit(130)

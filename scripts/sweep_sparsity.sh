@@ -10,6 +10,7 @@
 #   METHODS="wanda wanda_select"    the methods compared (default)
 # A ratio whose batch fails does not stop the sweep; the script exits 1 at the end if any did.
 set -euo pipefail
+trap 'exit 130' INT  # Ctrl-C stops the whole batch, not just the current run
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODEL=smollm2-135m
@@ -39,7 +40,7 @@ dense="${DENSE_EVAL:-first}"
 for ratio in "${RATIO_LIST[@]}"; do
     # Dense perplexity does not depend on the ratio: measure it in the first batch only.
     DENSE_EVAL="$dense" "$REPO/scripts/run_selectivity_experiments.sh" "$MODEL" "$ratio" unstructured --no-report \
-        ${PASS[@]+"${PASS[@]}"} || status=1
+        ${PASS[@]+"${PASS[@]}"} || { rc=$?; [ "$rc" = 130 ] && exit 130; status=1; }
     dense=none
     CELLS+=("$RESULTS_DIR/$MODEL_TAG/$(LC_ALL=C printf '%g' "$ratio")_unstructured")
 done

@@ -1,0 +1,358 @@
+"""Every flag of main.py and lora_ft's two scripts x {0, negative, huge, NaN, inf, text}, and damaged copies of
+the data, model and output locations: a bad value is exit status 2 and one line naming it, with no traceback,
+nothing written, and the model never loaded. Values that are valid reach the model load, which is stubbed
+out, so the whole suite costs what the checks cost.
+
+Run: .venv/bin/python -m pytest -q tests/test_fuzz.py
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import main
+from conftest import make_tiny_model, make_tokenizer
+from lib.cli import run_cli
+from lib.config import PruneConfig, RunConfig
+
+VALUES = {"zero": "0", "negative": "-1", "huge": "1000000000", "nan": "nan", "inf": "inf", "text": "abc"}
+FLOAT_HUGE = "1e30"
+
+# (flag, value kind) pairs that are valid and must reach the model load; every other pair must be refused.
+ACCEPTED = {
+    ("cache_dir", k) for k in VALUES} | {("save", k) for k in VALUES} | {("save_model", k) for k in VALUES} | {
+    ("calib_batch_size", "zero"), ("calib_batch_size", "huge"), ("seed", "zero"), ("seed", "huge"),
+    ("neuronrank_max_classes", "zero"), ("neuronrank_max_classes", "huge"), ("eval_batch_size", "huge"),
+    ("zs_batch_size", "huge"), ("sparsity_ratio", "zero"), ("sel_idf_clip_min", "zero"),
+    ("sel_idf_clip_max", "huge"), ("sel_spiky_clip_max", "huge"),
+    # Exponents of methods this run does not use (wanda); negative ones are meaningful (they invert a factor).
+    ("sel_idf_exp", "zero"), ("sel_spiky_exp", "zero"), ("nr_exp", "zero"),
+    ("sel_idf_exp", "negative"), ("sel_spiky_exp", "negative"), ("nr_exp", "negative"),
+}
+
+
+class Loaded(Exception):
+    """Raised instead of loading the model: the run got past every check."""
+
+
+def _fail_load(*args, **kwargs):
+    raise Loaded
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """One tiny model folder and one data folder for the whole module (nothing here writes to them)."""
+    root = tmp_path_factory.mktemp("fuzz")
+    model_dir = root / "tiny"
+    make_tiny_model("llama").save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    data = root / "data"
+    make_data(data)
+    return {"root": root, "model": model_dir, "data": data}
+
+
+def make_data(root: Path) -> None:
+    """The conftest data layout (WikiText-2 three splits, one C4 file)."""
+    from conftest import fabricate_text
+
+    (root / "wikitext-2-raw").mkdir(parents=True)
+    for split, seed in (("test", 1), ("valid", 2), ("train", 3)):
+        lines = [" \n", " = Title = \n", " \n"] + [f" {fabricate_text(40, seed * 100 + i)} . \n" for i in range(60)]
+        (root / "wikitext-2-raw" / f"wiki.{split}.raw").write_text("".join(lines))
+    (root / "c4").mkdir()
+    with gzip.open(root / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz", "wt") as handle:
+        for i in range(30):
+            handle.write(json.dumps({"text": fabricate_text(20 + 10 * i, 1000 + i)}) + "\n")
+
+
+def snapshot(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def call(entry, argv: list[str], capsys) -> tuple[int | str, list[str]]:
+    """Run an entry point in-process -> (exit status or 'loaded', non-empty stderr lines)."""
+    capsys.readouterr()
+    try:
+        code = entry([str(a) for a in argv])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    except Loaded:
+        code = "loaded"
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def assert_one_line(code, err: list[str], *names: str) -> None:
+    assert code == 2, (code, err)
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0]
+    assert any(name in err[0] for name in names), (names, err)
+
+
+@pytest.fixture
+def stub_load(monkeypatch, tmp_path):
+    """main and lora_ft load no model; relative paths (--save 0) land in a fresh folder."""
+    monkeypatch.setattr(main, "load_model", _fail_load)
+    monkeypatch.setattr("lib.models.load_model", _fail_load)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def main_flags() -> list[tuple[str, str, type]]:
+    """(field name, flag, kind) for every non-bool setting main.py offers."""
+    import typing
+
+    from lib.cli import _flag_type
+
+    found = []
+    for cls in (RunConfig, PruneConfig):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = _flag_type(hints[f.name])
+            if kind is not bool:
+                found.append((f.name, (f.metadata["flags"] or (f"--{f.name}",))[0], kind))
+    return found
+
+
+BASE = {"--nsamples": "2", "--seqlen": "32", "--eval_limit": "1"}
+
+
+@pytest.mark.parametrize("kind", list(VALUES))
+@pytest.mark.parametrize("name,flag,type_", main_flags(), ids=[f[0] for f in main_flags()])
+def test_every_main_flag_refuses_what_cannot_be_meant(inputs, stub_load, capsys, name, flag, type_, kind):
+    value = FLOAT_HUGE if (kind == "huge" and type_ is float) else VALUES[kind]
+    out = stub_load / "out"
+    base = {"--model": inputs["model"], "--data_dir": inputs["data"], "--save": out, **BASE, flag: value}
+    before = snapshot(inputs["root"])
+    code, err = call(main.main, [a for pair in base.items() for a in pair], capsys)
+    if (name, kind) in ACCEPTED:
+        assert code == "loaded", err
+    else:
+        spellings = {value, f"{float(value):g}" if type_ is float and kind != "text" else value, str(value)}
+        assert_one_line(code, err, *spellings)
+    assert snapshot(inputs["root"]) == before
+    assert not out.exists() and not (stub_load / value).exists()
+
+
+def corrupt_data(data: Path, case: str) -> str:
+    """Damage one file of a data folder -> the file the error must name."""
+    wiki, c4 = data / "wikitext-2-raw", data / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz"
+    if case == "wikitext invalid utf-8":
+        (wiki / "wiki.test.raw").write_bytes(b" the cat \xff\xfe sat\n" * 50)
+    elif case == "wikitext truncated":
+        (wiki / "wiki.test.raw").write_text(" the cat sat")
+    elif case == "wikitext empty":
+        (wiki / "wiki.test.raw").write_text("")
+    elif case == "c4 truncated":
+        c4.write_bytes(c4.read_bytes()[:200])
+    elif case == "c4 not gzip":
+        c4.write_text('{"text": "plain"}\n')
+    elif case == "c4 bad json":
+        with gzip.open(c4, "wt") as handle:
+            handle.write('{"text": "ok"}\n{"text": \n')
+    elif case == "c4 no text":
+        with gzip.open(c4, "wt") as handle:
+            handle.write('{"url": "u"}\n')
+    elif case == "c4 empty":
+        with gzip.open(c4, "wt") as handle:
+            handle.write("")
+    elif case == "c4 invalid utf-8":
+        with gzip.open(c4, "wb") as handle:
+            handle.write(b'{"text": "a \xff b"}\n')
+    elif case == "wikitext2 calibration without train split":
+        (wiki / "wiki.train.raw").unlink()
+        return "wiki.train.raw"
+    return str(wiki / "wiki.test.raw") if case.startswith("wikitext") else str(c4)
+
+
+DATA_CASES = ["wikitext invalid utf-8", "wikitext truncated", "wikitext empty", "c4 truncated", "c4 not gzip",
+              "c4 bad json", "c4 no text", "c4 empty", "c4 invalid utf-8", "wikitext2 calibration without train split"]
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_damaged_data_is_named_before_the_model_loads(inputs, stub_load, capsys, case):
+    data = stub_load / "data"
+    shutil.copytree(inputs["data"], data)
+    named = corrupt_data(data, case)
+    extra = ["--calib_dataset", "wikitext2"] if "calibration" in case else []
+    code, err = call(main.main, ["--model", inputs["model"], "--data_dir", data, *BASE_ARGS, *extra,
+                                 "--save", stub_load / "out"], capsys)
+    assert_one_line(code, err, named)
+    assert not (stub_load / "out").exists()
+
+
+BASE_ARGS = [a for pair in BASE.items() for a in pair]
+
+
+def damage_model(root: Path, model: Path, case: str) -> Path:
+    """A damaged model spec in root -> the path to pass as --model."""
+    if case == "empty folder":
+        (root / "empty").mkdir()
+        return root / "empty"
+    if case == "text file named .gguf":
+        (root / "model.gguf").write_text("not a model")
+        return root / "model.gguf"
+    if case == "truncated gguf":
+        (root / "short.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 8)
+        return root / "short.gguf"
+    copy = root / "copy"
+    shutil.copytree(model, copy)
+    if case == "unknown model_type":
+        (copy / "config.json").write_text(json.dumps({"model_type": "no_such_model"}))
+    elif case == "config.json not JSON":
+        (copy / "config.json").write_text("{ not json")
+    elif case == "truncated model.safetensors":
+        weights = copy / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif case == "no weights":
+        (copy / "model.safetensors").unlink()
+    return copy
+
+
+MODEL_CASES = ["empty folder", "text file named .gguf", "truncated gguf", "unknown model_type",
+               "config.json not JSON", "truncated model.safetensors", "no weights"]
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_damaged_model_is_named_before_it_loads(inputs, stub_load, capsys, case):
+    spec = damage_model(stub_load, inputs["model"], case)
+    code, err = call(main.main, ["--model", spec, "--data_dir", inputs["data"], *BASE_ARGS], capsys)
+    assert_one_line(code, err, str(spec), "no_such_model")
+
+
+def output_case(root: Path, case: str) -> tuple[list[str], str]:
+    """Flags that point an output somewhere unwritable -> (argv, text the error must contain)."""
+    a_file = root / "a_file"
+    a_file.write_text("x")
+    if case == "--save under a file":
+        return ["--save", str(a_file / "out")], str(a_file / "out")
+    if case == "--save_model under a file":
+        return ["--save_model", str(a_file / "model")], str(a_file / "model")
+    if case == "--cache_dir a file":
+        return ["--cache_dir", str(a_file)], str(a_file)
+    if case == "--save a file":
+        return ["--save", str(a_file)], str(a_file)
+    if case == "--save_model a file":
+        return ["--save_model", str(a_file)], str(a_file)
+    busy = root / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    return ["--save_model", str(busy)], str(busy)
+
+
+OUTPUT_CASES = ["--save under a file", "--save_model under a file", "--cache_dir a file", "--save a file",
+                "--save_model a file", "--save_model a folder of other files"]
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_unwritable_outputs_are_refused_before_the_model_loads(inputs, stub_load, capsys, case):
+    argv, named = output_case(stub_load, case)
+    before = snapshot(stub_load)
+    code, err = call(main.main, ["--model", inputs["model"], "--data_dir", inputs["data"], *BASE_ARGS, *argv], capsys)
+    assert_one_line(code, err, named)
+    assert snapshot(stub_load) == before
+
+
+OTHER_CASES = [
+    (["--prune_method", "sparsegpt", "--percdamp", "0"], "percdamp 0.0 must be in (0, 1]"),
+    (["--percdamp", "1e30"], "percdamp 1e+30"),
+    (["--eval_zero_shot", "--tasks", ","], "tasks ',' names no task"),
+    (["--tasks", "piqa"], "--tasks piqa has no effect without --eval_zero_shot"),
+    (["--zs_limit", "5"], "--zs_limit 5 has no effect"),
+    (["--eval_limit", "1000000000"], "eval_limit 1000000000 exceeds the"),
+    (["--nsamples", "1000000000"], "nsamples 1000000000 exceeds the"),
+    (["--blocksize", "1000000000"], "blocksize 1000000000 exceeds the widest linear"),
+    (["--sparsity_type", "02:04"], "sparsity_type '02:04' is not understood"),
+    (["--seed", "-1"], "seed -1 must be >= 0"),
+    (["--seqlen", "200", "--eval_limit", "13"], "eval_limit 13 exceeds the 12 windows"),
+]
+
+
+@pytest.mark.parametrize("extra,message", OTHER_CASES, ids=[" ".join(c[0]) for c in OTHER_CASES])
+def test_values_that_cannot_be_meant_are_refused_with_the_range(inputs, stub_load, capsys, extra, message):
+    argv = {"--model": inputs["model"], "--data_dir": inputs["data"], **BASE}
+    argv.update(dict(zip(extra[::2], extra[1::2])) if "--eval_zero_shot" not in extra else {})
+    flat = [a for pair in argv.items() for a in pair] + (extra if "--eval_zero_shot" in extra else [])
+    code, err = call(main.main, flat, capsys)
+    assert_one_line(code, err, message)
+
+
+# lora_ft: every flag of both scripts.
+
+LORA_FLOATS = {"learning_rate", "num_train_epochs", "lora_dropout"}
+FINETUNE_ACCEPTED = {("output_dir", k) for k in VALUES} | {("cache_dir", k) for k in VALUES} | {
+    ("max_train_samples", "huge"), ("max_steps", "huge"), ("per_device_train_batch_size", "huge"),
+    ("logging_steps", "zero"), ("logging_steps", "huge"), ("seed", "zero"), ("seed", "huge"),
+    ("lora_alpha", "huge"), ("lora_dropout", "zero"),
+}
+EVALUATE_ACCEPTED = {("cache_dir", k) for k in VALUES} | {
+    ("eval_batch_size", "huge"), ("zs_batch_size", "huge"), ("output", "zero"), ("output", "negative"),
+    ("output", "huge"), ("output", "nan"), ("output", "inf"), ("output", "text"),
+}
+
+
+@pytest.fixture(scope="module")
+def lora_inputs(inputs) -> dict[str, Path]:
+    """A LoRA adapter of the tiny model, saved once."""
+    from lora_ft.lora_utils import LoraSettings, attach_lora
+
+    adapter = inputs["root"] / "adapter"
+    attach_lora(make_tiny_model("llama"), LoraSettings()).save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(inputs["model"])
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    return {**inputs, "adapter": adapter}
+
+
+def lora_flags(parser) -> list[tuple[str, str]]:
+    return [(a.dest, a.option_strings[0]) for a in parser._actions
+            if a.option_strings and a.nargs != 0 and a.dest not in ("help",)]
+
+
+def _finetune_flags():
+    from lora_ft import finetune_lm
+    return lora_flags(finetune_lm.build_parser())
+
+
+def _evaluate_flags():
+    from lora_ft import evaluate_ppl
+    return lora_flags(evaluate_ppl.build_parser())
+
+
+@pytest.mark.parametrize("kind", list(VALUES))
+@pytest.mark.parametrize("name,flag", _finetune_flags(), ids=[f[0] for f in _finetune_flags()])
+def test_every_finetune_flag_refuses_what_cannot_be_meant(lora_inputs, stub_load, capsys, name, flag, kind):
+    from lora_ft import finetune_lm
+
+    value = FLOAT_HUGE if (kind == "huge" and name in LORA_FLOATS) else VALUES[kind]
+    argv = {"--model": lora_inputs["model"], "--data_dir": lora_inputs["data"], "--output_dir": stub_load / "adapter",
+            "--max_train_samples": "4", "--block_size": "32", "--max_steps": "2", flag: value}
+    before = snapshot(lora_inputs["root"])
+    code, err = call(lambda a: run_cli(lambda: finetune_lm.main(a)), [x for p in argv.items() for x in p], capsys)
+    if (name, kind) in FINETUNE_ACCEPTED:
+        assert code == "loaded", err
+    else:
+        spellings = {value, f"{float(value):g}" if name in LORA_FLOATS and kind != "text" else value}
+        assert_one_line(code, err, *spellings)
+    assert snapshot(lora_inputs["root"]) == before and not (stub_load / "adapter").exists()
+
+
+@pytest.mark.parametrize("kind", list(VALUES))
+@pytest.mark.parametrize("name,flag", _evaluate_flags(), ids=[f[0] for f in _evaluate_flags()])
+def test_every_evaluate_flag_refuses_what_cannot_be_meant(lora_inputs, stub_load, capsys, name, flag, kind):
+    from lora_ft import evaluate_ppl
+
+    value = VALUES[kind]
+    argv = {"--lora_weights": lora_inputs["adapter"], "--data_dir": lora_inputs["data"], "--seqlen": "32",
+            "--eval_limit": "2", "--output": stub_load / "eval.json", flag: value}
+    before = snapshot(lora_inputs["root"])
+    code, err = call(lambda a: run_cli(lambda: evaluate_ppl.main(a)), [x for p in argv.items() for x in p], capsys)
+    if (name, kind) in EVALUATE_ACCEPTED:
+        assert code == "loaded", err
+    else:
+        assert_one_line(code, err, value)
+    assert snapshot(lora_inputs["root"]) == before and not (stub_load / "eval.json").exists()
