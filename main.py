@@ -32,8 +32,9 @@ from lib.data import c4_file, calibration_windows, load_calibration_texts, load_
     wikitext2_file, wikitext2_ids
 from lib.eval import eval_ppl
 from lib.methods import METHODS, Method, find_method
-from lib.models import find_decoder_layers, find_linears, input_device, load_config, load_model, load_tokenizer, \
+from lib.models import find_decoder_layers, find_linears, load_config, load_tokenizer, \
     max_sequence_length, resolve_model
+from lib.offload import LayerStore, load_with_store
 from lib.prune import check_widths, prune_model
 from lib.runinfo import git_commit, peak_rss_mb, save_model_atomic, versions, write_atomic
 from lib.sparsity import check_sparsity
@@ -117,13 +118,14 @@ def plan_zero_shot(run_cfg: RunConfig, data_dir: Path | None):
 
 
 def check_outputs(run_cfg: RunConfig) -> None:
-    """--save, --save_model and --cache_dir must be (or become) writable folders, tried with a real file.
+    """--save, --save_model, --cache_dir and --offload_dir must be (or become) writable folders, tried with a
+    real file.
 
     A --save_model folder that holds files other than an earlier model save is refused: the save replaces the
     folder as a whole (atomically), and must not delete a researcher's other files.
     """
     for flag, path in (("--save", run_cfg.save), ("--save_model", run_cfg.save_model),
-                       ("--cache_dir", run_cfg.cache_dir)):
+                       ("--cache_dir", run_cfg.cache_dir), ("--offload_dir", run_cfg.offload_dir)):
         if path:
             check_output_dir(flag, path)
     if run_cfg.save_model:
@@ -168,7 +170,8 @@ def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
     return Plan(method, data_dir, seqlen, test_ids, calib_ids, tasks, task_plan)
 
 
-def save_outputs(run_cfg: RunConfig, results: dict, model, tokenizer, seconds: dict, t_start: float) -> None:
+def save_outputs(run_cfg: RunConfig, results: dict, store: LayerStore, tokenizer, seconds: dict,
+                 t_start: float) -> None:
     """The pruned model (--save_model), then results.json and Wanda's log file (--save), each atomically.
 
     results.json is strict JSON: a non-finite number (an overflowed perplexity) is written as null and its key
@@ -176,7 +179,7 @@ def save_outputs(run_cfg: RunConfig, results: dict, model, tokenizer, seconds: d
     """
     if run_cfg.save_model:
         t = time.time()
-        save_model_atomic(model, tokenizer, Path(run_cfg.save_model).expanduser())
+        save_model_atomic(store.save_pretrained, tokenizer, Path(run_cfg.save_model).expanduser())
         PROGRESS.written.append(run_cfg.save_model)
         seconds["save_model"] = time.time() - t
         print(f"saved pruned model to {run_cfg.save_model}")
@@ -229,40 +232,46 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
 
     PROGRESS.phase = "load"
     t = time.time()
-    model, tokenizer = load_model(run_cfg.model, run_cfg.cache_dir, run_cfg.dtype, run_cfg.device_map)
-    check_finite_weights(find_decoder_layers(model))
+    model, tokenizer, store = load_with_store(run_cfg.model, run_cfg.cache_dir, run_cfg.dtype, run_cfg.device_map,
+                                              run_cfg.offload, run_cfg.offload_dir)
+    if store.mode != "disk":  # on disk the layers are checked as they are visited (their statistics)
+        check_finite_weights(find_decoder_layers(model))
     seconds["load"] = time.time() - t
     print(f"loaded {run_cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) in "
           f"{seconds['load']:.1f}s; seqlen {plan.seqlen}, dtype {next(model.parameters()).dtype}, device "
-          f"{input_device(model)}, device_map {run_cfg.device_map or 'none'}")
+          f"{store.device}, offload {store.mode}, device_map {run_cfg.device_map or 'none'}")
 
     ppl_dense = None
     if not run_cfg.no_dense_eval:
         PROGRESS.phase = "dense evaluation"
         t = time.time()
-        ppl_dense = evaluate(model, plan, run_cfg, "dense")
+        with store.streaming():
+            ppl_dense = evaluate(model, plan, run_cfg, "dense")
         seconds["eval_dense"] = time.time() - t
         print(f"dense perplexity (wikitext2 {run_cfg.eval_split}): {ppl_dense:.4f}")
 
     PROGRESS.phase = "pruning"
     t = time.time()
     try:
-        report = prune_model(model, plan.calib_ids, config, record_stats=run_cfg.save_stats)
+        report = prune_model(model, plan.calib_ids, config, record_stats=run_cfg.save_stats, store=store)
     except torch.linalg.LinAlgError as err:  # SparseGPT's Cholesky on a Hessian that damping did not fix
         raise ConfigError(f"{config.prune_method}: the Hessian is not positive definite even with percdamp "
                           f"{config.percdamp} ({str(err).splitlines()[0][:80]}); raise --percdamp or --nsamples") \
             from None
     seconds["prune"] = time.time() - t
-    sparsity, per_layer = check_sparsity(model)
-    if config.shrink:
-        # Dropped neurons are gone from the weights, so count them against the original sizes instead.
+    if config.shrink or store.mode == "disk":
+        # Dropped neurons are gone from the weights (and layers on disk are not in memory): the driver counted
+        # each layer's zeros right after pruning it, against its original size.
         sparsity, per_layer = report.sparsity, report.layer_sparsity
+    else:
+        sparsity, per_layer = check_sparsity(model)
     print(f"pruned with {config.prune_method} ({config.sparsity_type}, ratio {config.sparsity_ratio}) in "
           f"{seconds['prune']:.1f}s; measured sparsity {sparsity:.4f}")
 
     PROGRESS.phase = "pruned evaluation"
     t = time.time()
-    ppl_pruned = evaluate(model, plan, run_cfg, "pruned")
+    with store.streaming():
+        ppl_pruned = evaluate(model, plan, run_cfg, "pruned")
     seconds["eval_pruned"] = time.time() - t
     print(f"pruned perplexity (wikitext2 {run_cfg.eval_split}): {ppl_pruned:.4f}")
 
@@ -280,14 +289,15 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
         PROGRESS.phase = "zero-shot evaluation"
         t = time.time()
         zs_batch = run_cfg.zs_batch_size if run_cfg.zs_batch_size == "auto" else int(run_cfg.zs_batch_size)
-        results["zero_shot"] = eval_zero_shot(model, tokenizer, plan.tasks, run_cfg.zs_limit, zs_batch,
-                                              plan.data_dir, plan.task_plan)
+        with store.streaming():
+            results["zero_shot"] = eval_zero_shot(model, tokenizer, plan.tasks, run_cfg.zs_limit, zs_batch,
+                                                  plan.data_dir, plan.task_plan)
         seconds["zero_shot"] = time.time() - t
         print(format_zero_shot_table(results["zero_shot"]))
     if run_cfg.save_stats:
         results["layer_stats"] = report.layer_stats
     PROGRESS.phase = "save"
-    save_outputs(run_cfg, results, model, tokenizer, seconds, t_start)
+    save_outputs(run_cfg, results, store, tokenizer, seconds, t_start)
     PROGRESS.phase = "done"
     return results
 

@@ -16,6 +16,7 @@ from typing import Any
 
 CALIB_DATASETS = ("c4", "wikitext2")
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
+OFFLOAD_MODES = ("auto", "none", "cpu", "disk")
 MAX_EXPONENT = 10
 
 
@@ -170,6 +171,12 @@ class RunConfig:
                                  "Llama-3, Gemma), float32 on CPU", group="model", choices=DTYPE_NAMES)
     device_map: str | None = setting(None, "'auto' spreads the model over all GPUs (large models)", group="model",
                                      choices=("auto",))
+    offload: str = setting("auto", "where decoder layers live between visits to the execution device: none (all "
+                                   "on the device), cpu (RAM), disk (read from the checkpoint, pruned layers "
+                                   "written to --offload_dir); auto (default): none if the model fits the device, "
+                                   "else cpu if it fits in RAM, else disk", group="model", choices=OFFLOAD_MODES)
+    offload_dir: str | None = setting(None, "folder for pruned layers with --offload disk (default: a temporary "
+                                            "folder)", group="model")
     seqlen: int | None = setting(None, "tokens per calibration/evaluation window (default min(2048, model "
                                        "maximum))", group="data")
     seqlen_max: bool = setting(False, "windows as long as the model's maximum context (Wanda's LLaMA-2 protocol: "
@@ -210,6 +217,7 @@ class RunConfig:
         if self.device_map not in (None, "auto"):
             raise ConfigError(f"device_map '{self.device_map}' is not supported; use 'auto' or omit it")
         check_choice(self, "dtype")
+        check_choice(self, "offload")
         if not self.eval_zero_shot:
             for name in ("tasks", "zs_limit"):
                 if getattr(self, name) is not None:

@@ -237,14 +237,21 @@ def resolve_dtype(name: str | None, model_config=None) -> torch.dtype:
     return own if own in DTYPES.values() else torch.float16
 
 
-def load_model(spec: str, cache_dir: str | Path = "llm_weights", dtype: torch.dtype | str | None = None,
-               device_map: str | None = None):
-    """-> (model in eval mode, tokenizer). device_map='auto' spreads a large model over GPUs (Wanda's 30B-70B path)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def local_source(spec: str, cache_dir: str | Path = "llm_weights") -> str:
+    """The folder or hub id to load spec from, converting a GGUF file into a safetensors folder once."""
     source, gguf = resolve_model(spec, cache_dir)
     if gguf is not None:
         _convert_gguf(gguf, Path(source))
+    return source
+
+
+def load_model(spec: str, cache_dir: str | Path = "llm_weights", dtype: torch.dtype | str | None = None,
+               device_map: str | None = None, device: torch.device | str | None = None):
+    """-> (model in eval mode, tokenizer). device_map='auto' spreads a large model over GPUs (Wanda's 30B-70B path);
+    otherwise the model goes to device (default: the GPU if there is one, else the CPU)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = local_source(spec, cache_dir)
     if not isinstance(dtype, torch.dtype):
         dtype = resolve_dtype(dtype, load_config(spec, cache_dir) if torch.cuda.is_available() else None)
     try:
@@ -254,7 +261,7 @@ def load_model(spec: str, cache_dir: str | Path = "llm_weights", dtype: torch.dt
     except (OSError, ValueError) as err:
         raise ConfigError(f"model '{spec}' could not be loaded ({_first_line(err)})") from None
     if device_map is None:
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
     model.config.use_cache = False
     return model, tokenizer

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import lib.methods  # noqa: F401  (registers every method)
 from lib.checks import check_finite_activations, check_finite_stats
 from lib.config import ConfigError, PruneConfig
 from lib.models import find_decoder_layers, find_linears, input_device
+from lib.offload import LayerStore
 from lib.registry import Method, find_method
 from lib.sparsity import make_mask, make_variant_mask
 
@@ -86,6 +88,19 @@ def hidden_of(output) -> torch.Tensor:
 CACHE_KWARGS = ("past_key_values", "past_key_value", "cache", "layer_past", "use_cache")
 
 
+def activation_device(device: torch.device, shape: tuple, dtype: torch.dtype) -> torch.device:
+    """Where the two calibration activation buffers live: the execution device when both fit in half its free
+    memory, else the CPU (each batch then visits the device as it is used)."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    need = 2 * math.prod(shape) * dtype.itemsize
+    if need <= free // 2:
+        return device
+    logger.info("calibration activations (%.1f GiB for two buffers) stay on the CPU", need / 2**30)
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList,
                          calib_ids: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
@@ -105,7 +120,8 @@ def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList,
         nonlocal inps
         hidden = args[0] if args else kwargs["hidden_states"]
         if inps is None:
-            inps = hidden.new_empty((calib_ids.shape[0], *hidden.shape[1:]))
+            shape = (calib_ids.shape[0], *hidden.shape[1:])
+            inps = torch.empty(shape, dtype=hidden.dtype, device=activation_device(hidden.device, shape, hidden.dtype))
         inps[i] = hidden[0]
         raise _StopForward
 
@@ -218,8 +234,9 @@ def calibrate(layer: nn.Module, linears: dict[str, nn.Linear], inps: torch.Tenso
     """Calibrate phase: run inps [n, seqlen, hidden] through the layer in batches -> {linear: statistics}."""
     with CalibrationHooks(linears, method, config, context) as hooks:
         for j in range(0, inps.shape[0], batch):
-            hooks.next_batch(calib_ids[j:j + batch].to(inps.device))
-            layer(inps[j:j + batch], **kwargs)
+            x = inps[j:j + batch].to(layer_device(layer))
+            hooks.next_batch(calib_ids[j:j + batch].to(x.device))
+            layer(x, **kwargs)
     return hooks.finalize()
 
 
@@ -245,8 +262,9 @@ def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, d
 
 def propagate(layer: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: dict, batch: int) -> None:
     """Propagate phase: the pruned layer's outputs written into outs [n, seqlen, hidden], batch by batch."""
+    device = layer_device(layer)
     for j in range(0, inps.shape[0], batch):
-        outs[j:j + batch] = hidden_of(layer(inps[j:j + batch], **kwargs))
+        outs[j:j + batch] = hidden_of(layer(inps[j:j + batch].to(device), **kwargs))
 
 
 def check_widths(layers: nn.ModuleList, config: PruneConfig) -> None:
@@ -267,9 +285,14 @@ def layer_sparsity(linears: dict[str, nn.Linear], original: int) -> float:
 
 
 @torch.no_grad()
-def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
-                record_stats: bool = False) -> PruneReport:
-    """Prune every decoder linear of `model` in place; calib_ids [nsamples, seqlen] token ids."""
+def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig, record_stats: bool = False,
+                store: LayerStore | None = None) -> PruneReport:
+    """Prune every decoder linear of `model` in place; calib_ids [nsamples, seqlen] token ids.
+
+    With a store (lib/offload.py) each layer is onloaded to the execution device for its three phases and
+    offloaded after; the activations stay where capture put them (the execution device) and each batch is
+    moved to the layer's device as it is used.
+    """
     method = find_method(config)
     layers = find_decoder_layers(model)
     check_widths(layers, config)
@@ -292,12 +315,12 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
     for i in progress:
         progress.set_description(f"pruning layer ({i + 1}/{len(layers)})")
         start = time.time()
-        layer = layers[i]
+        layer = store.onload(i) if store is not None else layers[i]
         linears = find_linears(layer)
         stats: dict[str, dict] = {name: {} for name in linears}
         if needs_data:
             device = layer_device(layer)
-            if inps.device != device:  # device_map='auto': the next layers live on another GPU
+            if inps.device != device and store is None:  # device_map='auto': the next layers on another GPU
                 inps, outs = inps.to(device), outs.to(device)
             kwargs = to_device(layer_kwargs[i], device, moved.setdefault(device, {}))
             stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch)
@@ -314,6 +337,8 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
             inps, outs = outs, inps
             check_finite_activations(i, inps)
         report.layer_sparsity.append(layer_sparsity(find_linears(layer), original))
+        if store is not None:
+            store.offload(i, changed=True)
         report.layer_seconds.append(time.time() - start)
         logger.info("layer %d/%d: sparsity %.4f in %.2fs", i + 1, len(layers), report.layer_sparsity[-1],
                     report.layer_seconds[-1])

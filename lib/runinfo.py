@@ -8,6 +8,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
+from typing import Callable
 from pathlib import Path
 
 from lib.config import ConfigError
@@ -29,7 +30,7 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def save_model_atomic(model, tokenizer, target: Path) -> None:
+def save_model_atomic(save_weights: Callable[[Path], None], tokenizer, target: Path) -> None:
     """Model and tokenizer into a temporary sibling of target, then renamed over it: a killed or failed save
     leaves only a hidden '.name.*' folder, never a target that looks finished (weights without a tokenizer, or
     new weights beside an earlier run's results.json). An earlier folder at target is replaced as a whole."""
@@ -37,7 +38,7 @@ def save_model_atomic(model, tokenizer, target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving.", dir=target.parent))
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)) / target.name
     try:
-        model.save_pretrained(tmp)
+        save_weights(tmp)  # model.save_pretrained, or lib.offload.LayerStore.save_pretrained
         tokenizer.save_pretrained(tmp)
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
         if target.exists():

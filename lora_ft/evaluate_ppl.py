@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{kind:<15} sparsity {results['base_sparsity']:.4f} -> {results[kind + '_sparsity']:.4f}  "
               f"wikitext2 ppl {results['ppl_' + kind]:.4f}  ({note})")
         if args.save_merged:
-            save_model_atomic(final, tokenizer, Path(args.save_merged).expanduser())
+            save_model_atomic(final.save_pretrained, tokenizer, Path(args.save_merged).expanduser())
             print(f"merged model saved to {args.save_merged}")
 
     if args.eval_zero_shot:

@@ -25,7 +25,7 @@ FLOAT_HUGE = "1e30"
 
 # (flag, value kind) pairs that are valid and must reach the model load; every other pair must be refused.
 ACCEPTED = {
-    ("cache_dir", k) for k in VALUES} | {("save", k) for k in VALUES} | {("save_model", k) for k in VALUES} | {
+    (output, k) for k in VALUES for output in ("cache_dir", "save", "save_model", "offload_dir")} | {
     ("calib_batch_size", "zero"), ("calib_batch_size", "huge"), ("seed", "zero"), ("seed", "huge"),
     ("neuronrank_max_classes", "zero"), ("neuronrank_max_classes", "huge"), ("eval_batch_size", "huge"),
     ("zs_batch_size", "huge"), ("sparsity_ratio", "zero"), ("sel_idf_clip_min", "zero"),
@@ -96,7 +96,7 @@ def assert_one_line(code, err: list[str], *names: str) -> None:
 @pytest.fixture
 def stub_load(monkeypatch, tmp_path):
     """main and lora_ft load no model; relative paths (--save 0) land in a fresh folder."""
-    monkeypatch.setattr(main, "load_model", _fail_load)
+    monkeypatch.setattr(main, "load_with_store", _fail_load)
     monkeypatch.setattr("lib.models.load_model", _fail_load)
     monkeypatch.chdir(tmp_path)
     return tmp_path

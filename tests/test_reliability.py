@@ -90,13 +90,13 @@ class FakeTokenizer:
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
 def test_a_failed_model_save_keeps_the_earlier_model_and_leaves_no_half_folder(tmp_path, failure):
     target = tmp_path / "model"
-    save_model_atomic(FakeModel("first"), FakeTokenizer(), target)
+    save_model_atomic(FakeModel("first").save_pretrained, FakeTokenizer(), target)
     (target / "results.json").write_text("{}")  # an earlier run's results beside its model
     with pytest.raises(type(failure) if isinstance(failure, KeyboardInterrupt) else ConfigError):
-        save_model_atomic(FakeModel("second", fail=failure), FakeTokenizer(), target)
+        save_model_atomic(FakeModel("second", fail=failure).save_pretrained, FakeTokenizer(), target)
     assert (target / "model.safetensors").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no hidden temporary folders left
-    save_model_atomic(FakeModel("third"), FakeTokenizer(), target)
+    save_model_atomic(FakeModel("third").save_pretrained, FakeTokenizer(), target)
     assert sorted(p.name for p in target.iterdir()) == ["model.safetensors", "tokenizer.json"]  # replaced whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
