@@ -208,16 +208,22 @@ def save_outputs(run_cfg: RunConfig, results: dict, store: LayerStore, tokenizer
         print(f"wrote {save / 'results.json'}")
 
 
-def evaluate(model, plan: Plan, run_cfg: RunConfig, which: str) -> float:
-    """WikiText-2 perplexity; NaN means broken activations, so the first linear that outputs NaN/inf is named.
+def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: str, seconds: dict) -> float:
+    """The 'dense' or 'pruned' WikiText-2 perplexity, timed and printed; layers onloaded as the forward goes.
 
-    inf alone is a result (a destroyed model's loss overflows exp) and is recorded, as null, in results.json.
+    NaN means broken activations, so the first linear that outputs NaN/inf is named. inf alone is a result (a
+    destroyed model's loss overflows exp) and is recorded, as null, in results.json.
     """
-    ppl = eval_ppl(model, plan.test_ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size)
-    if math.isnan(ppl):
-        locate_non_finite(model, find_decoder_layers(model), plan.test_ids[:, :plan.seqlen])
-        raise ConfigError(f"{which} perplexity is NaN although every linear's output is finite on the first window; "
-                          "try --dtype float32")
+    PROGRESS.phase = f"{which} evaluation"
+    t = time.time()
+    with store.streaming():
+        ppl = eval_ppl(model, plan.test_ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size)
+        if math.isnan(ppl):
+            locate_non_finite(model, find_decoder_layers(model), plan.test_ids[:, :plan.seqlen])
+            raise ConfigError(f"{which} perplexity is NaN although every linear's output is finite on the first "
+                              "window; try --dtype float32")
+    seconds[f"eval_{which}"] = time.time() - t
+    print(f"{which} perplexity (wikitext2 {run_cfg.eval_split}): {ppl:.4f}")
     return ppl
 
 
@@ -241,14 +247,7 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
           f"{seconds['load']:.1f}s; seqlen {plan.seqlen}, dtype {next(model.parameters()).dtype}, device "
           f"{store.device}, offload {store.mode}, device_map {run_cfg.device_map or 'none'}")
 
-    ppl_dense = None
-    if not run_cfg.no_dense_eval:
-        PROGRESS.phase = "dense evaluation"
-        t = time.time()
-        with store.streaming():
-            ppl_dense = evaluate(model, plan, run_cfg, "dense")
-        seconds["eval_dense"] = time.time() - t
-        print(f"dense perplexity (wikitext2 {run_cfg.eval_split}): {ppl_dense:.4f}")
+    ppl_dense = None if run_cfg.no_dense_eval else evaluate(model, store, plan, run_cfg, "dense", seconds)
 
     PROGRESS.phase = "pruning"
     t = time.time()
@@ -268,12 +267,7 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
     print(f"pruned with {config.prune_method} ({config.sparsity_type}, ratio {config.sparsity_ratio}) in "
           f"{seconds['prune']:.1f}s; measured sparsity {sparsity:.4f}")
 
-    PROGRESS.phase = "pruned evaluation"
-    t = time.time()
-    with store.streaming():
-        ppl_pruned = evaluate(model, plan, run_cfg, "pruned")
-    seconds["eval_pruned"] = time.time() - t
-    print(f"pruned perplexity (wikitext2 {run_cfg.eval_split}): {ppl_pruned:.4f}")
+    ppl_pruned = evaluate(model, store, plan, run_cfg, "pruned", seconds)
 
     results = {
         "model": run_cfg.model, "prune_method": config.prune_method, "sparsity_type": config.sparsity_type,
