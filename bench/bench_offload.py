@@ -27,13 +27,16 @@ SHAPES = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, nu
 
 def build(folder: Path) -> None:
     """The random model, saved as safetensors shards (built in this process, which is not measured)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    if (folder / "config.json").exists():
-        return
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**SHAPES)).eval()
-    model.save_pretrained(folder, max_shard_size="1GB")
+    from lib.models import local_source
+
+    if not (folder / "config.json").exists():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**SHAPES)).eval()
+        model.save_pretrained(folder, max_shard_size="1GB")
+    if not (folder / "tokenizer_config.json").exists():  # loading wants one; the calibration ids are random
+        AutoTokenizer.from_pretrained(local_source("smollm2-135m")).save_pretrained(folder)
 
 
 def child(args: argparse.Namespace) -> dict:

@@ -55,7 +55,7 @@ def runs(quick: bool, tiny: Path) -> list[tuple[str, list[str]]]:
                     for offload in (["none", "cpu", "disk"] if method in OFFLOADED else ["none"]):
                         label = f"{model} {dtype} {sparsity} {method} offload={offload}"
                         found.append((label, [*model_args, "--dtype", dtype, "--sparsity_type", sparsity,
-                                              "--prune_method", method, "--offload", offload, "--eval_limit", "4",
+                                              "--prune_method", method, "--offload", offload, "--eval_limit", "4", "--save_stats",
                                               "--eval_batch_size", "4"]))
     return found
 

@@ -55,13 +55,17 @@ def checkpoint_bytes(folder: Path, dtype: torch.dtype, checkpoint_dtype: torch.d
     return size
 
 
-def choose_mode(requested: str, model_bytes: int, device: torch.device) -> str:
-    """'auto' -> none / cpu / disk by where the model fits (a margin for activations); other modes unchanged."""
+def choose_mode(requested: str, model_bytes: int, device: torch.device, all_gpus: bool = False) -> str:
+    """'auto' -> none / cpu / disk by where the model fits (a margin for activations); other modes unchanged.
+
+    all_gpus (--device_map auto): the free memory of every GPU counts, since the model is spread over them.
+    """
     if requested != "auto":
         return requested
     fits_ram = model_bytes < 0.7 * available_ram_bytes()
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        gpus = range(torch.cuda.device_count()) if all_gpus else [device]
+        free = sum(torch.cuda.mem_get_info(gpu)[0] for gpu in gpus)
         if model_bytes < 0.8 * free:
             return "none"
         return "cpu" if fits_ram else "disk"
@@ -288,7 +292,7 @@ def load_with_store(spec: str, cache_dir: str, dtype_name: str, device_map: str 
         own = getattr(model_config, "dtype", None)
         own = getattr(torch, own) if isinstance(own, str) and hasattr(torch, own) else own
         size = checkpoint_bytes(Path(source), dtype, own) if Path(source).is_dir() else 0
-        mode = choose_mode("auto", size, device)
+        mode = choose_mode("auto", size, device, all_gpus=device_map == "auto")
         logger.info("--offload auto: %s (model %.1f GiB at %s)", mode, size / 2**30, dtype)
     if mode != "none" and device_map is not None:
         logger.warning("--device_map %s is not used with --offload %s: layers visit %s one at a time", device_map,
@@ -302,4 +306,7 @@ def load_with_store(spec: str, cache_dir: str, dtype_name: str, device_map: str 
         place_outside_layers(model, device)
         return model, tokenizer, LayerStore(model, "cpu", device)
     model, tokenizer = load_model(spec, cache_dir, dtype, device_map)
+    if any(p.device.type == "meta" for p in find_decoder_layers(model).parameters()):
+        raise ConfigError(f"--device_map {device_map} left some decoder layers offloaded by accelerate (the model "
+                          "does not fit the GPUs), and those cannot be pruned; use --offload cpu or disk")
     return model, tokenizer, LayerStore(model, "none", device)

@@ -70,3 +70,13 @@ def test_cli_offload_disk_saves_the_pruned_model(tiny_model_dir, data_dir, tmp_p
     assert dense_in_memory.keys() == from_disk.keys()
     for name, tensor in dense_in_memory.items():
         assert torch.equal(tensor, from_disk[name]), name
+
+
+def test_auto_offload_picks_by_size_on_the_cpu(monkeypatch):
+    import lib.offload
+
+    monkeypatch.setattr(lib.offload, "available_ram_bytes", lambda: 10 * 2**30)
+    cpu = torch.device("cpu")
+    assert lib.offload.choose_mode("auto", 2 * 2**30, cpu) == "none"
+    assert lib.offload.choose_mode("auto", 9 * 2**30, cpu) == "disk"
+    assert lib.offload.choose_mode("cpu", 9 * 2**30, cpu) == "cpu"

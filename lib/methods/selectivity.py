@@ -234,7 +234,8 @@ def wanda_select_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> tor
 
 def _quantiles(values: torch.Tensor) -> dict[str, float]:
     """min / p10 / median / p90 / max of a [in] tensor, as floats."""
-    qs = torch.quantile(values.double(), torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64))
+    # On the CPU: the statistics may live on a GPU, and the quantile points must be on the values' device.
+    qs = torch.quantile(values.double().cpu(), torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64))
     return {name: round(float(v), 6) for name, v in zip(("min", "p10", "p50", "p90", "max"), qs)}
 
 
