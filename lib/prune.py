@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,8 +19,11 @@ from torch import nn
 from tqdm import tqdm
 
 import lib.methods  # noqa: F401  (registers every method)
+from lib import layer_ratios, permute, refine
+from lib.collectors import Collector
 from lib.config import ConfigError, PruneConfig
 from lib.models import find_decoder_layers, find_linears, input_device
+from lib.methods.wanda import WrappedGPT, wanda_score
 from lib.registry import Method, find_method
 from lib.sparsity import make_mask, make_variant_mask
 
@@ -47,6 +51,15 @@ class PruneReport:
     layer_sparsity: list[float] = field(default_factory=list)
     layer_seconds: list[float] = field(default_factory=list)
     layer_stats: dict[str, dict] = field(default_factory=dict)
+    # --layer_ratios owl: each layer's target sparsity, and the outlier ratio D_l it came from.
+    layer_ratios: list[float] = field(default_factory=list)
+    outlier_ratios: list[float] = field(default_factory=list)
+    # --permute: {"layers.i.name": index}, W[:, index] is N:M (a runtime gathers x[..., index]); folded ones were
+    # applied to the MLP's weights (down is N:M as stored) and are recorded for reference only.
+    permutations: dict[str, list[int]] = field(default_factory=dict)
+    folded_permutations: dict[str, list[int]] = field(default_factory=dict)
+    # --refine dsnot: prune-and-regrow swaps made in each layer.
+    refine_swaps: list[int] = field(default_factory=list)
 
     @property
     def sparsity(self) -> float:
@@ -111,9 +124,10 @@ class CalibrationHooks:
     """
 
     def __init__(self, linears: dict[str, nn.Linear], method: Method, config: PruneConfig,
-                 context: dict | None = None) -> None:
+                 context: dict | None = None, collectors: tuple[type[Collector], ...] | None = None) -> None:
         self.linears = linears
-        self.collectors = {name: [cls(lin.in_features, config, **(context or {})) for cls in method.collectors]
+        classes = method.collectors if collectors is None else collectors
+        self.collectors = {name: [cls(lin.in_features, config, **(context or {})) for cls in classes]
                            for name, lin in linears.items()}
         self.aliases: dict[str, str] = {}
         self._owner: dict[int, tuple[str, torch.Tensor]] = {}  # id(input) -> (first linear, input), this batch
@@ -162,37 +176,115 @@ class CalibrationHooks:
 
 def calibrate(layer: nn.Module, linears: dict[str, nn.Linear], inps: torch.Tensor, kwargs: dict,
               calib_ids: torch.Tensor, method: Method, config: PruneConfig, context: dict,
-              batch: int) -> dict[str, dict]:
-    """Calibrate phase: run inps [n, seqlen, hidden] through the layer in batches -> {linear: statistics}."""
-    with CalibrationHooks(linears, method, config, context) as hooks:
+              batch: int, collectors: tuple[type[Collector], ...] | None = None) -> dict[str, dict]:
+    """Calibrate phase: run inps [n, seqlen, hidden] through the layer in batches -> {linear: statistics}.
+
+    collectors: the collector classes (default the method's; the driver adds the add-ons' to them)."""
+    with CalibrationHooks(linears, method, config, context, collectors) as hooks:
         for j in range(0, inps.shape[0], batch):
             hooks.next_batch(calib_ids[j:j + batch].to(inps.device))
             layer(inps[j:j + batch], **kwargs)
     return hooks.finalize()
 
 
+@dataclass
+class Compressed:
+    """What compress did beyond zeroing weights: --permute's channel orders, --refine's swap count."""
+
+    permutations: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> index (W[:, index] is N:M)
+    folded: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> index applied to the MLP's weights
+    swaps: int = 0
+
+
 def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, dict], method: Method,
-             config: PruneConfig) -> None:
-    """Compress phase: prune every linear of one layer in place (or the whole layer, for structured methods)."""
+             config: PruneConfig, ratio: float | None = None) -> Compressed:
+    """Compress phase: prune every linear of one layer in place (or the whole layer, for structured methods).
+
+    ratio: this layer's sparsity (--layer_ratios), default config.sparsity_ratio. After the score method's mask:
+    --permute chooses it in a reordered column order (folded into the MLP where possible), --refine dsnot
+    refines it (in that order)."""
+    done = Compressed()
+    if ratio is not None and ratio != config.sparsity_ratio:
+        config = dataclasses.replace(config, sparsity_ratio=ratio)
     if method.prunes_layer(config):
         method.prune_layer(layer, linears, stats, config)
-        return
+        return done
+    fold = permute.foldable_mlp(linears) if config.permute else None
+    unrefined = refine.skipped(linears, config) if config.refine != "none" else set()
     for name, linear in linears.items():
         W = linear.weight.data
         if method.update is not None:
             linear.weight.data = method.update(W.float(), stats[name], config).to(W.dtype)
             continue
         scores = method.score(W.float(), stats[name], config)
+        index = permute.reallocation_index(scores, config.prune_m) if config.permute else None
+        Wf = W.float() if index is None else W.float()[:, index]
+        scores = scores if index is None else scores[:, index]
         if config.use_variant and not config.prune_n:
             mask = make_variant_mask(scores, config.sparsity_ratio)
         else:
-            mask = make_mask(scores, config.sparsity_ratio, config.prune_n, config.prune_m, method.group)
-        W[mask] = 0
+            mask = make_mask(scores, config.sparsity_ratio, config.prune_n, config.prune_m,
+                             method.mask_group(config))
+        if config.refine == "dsnot" and name not in unrefined:
+            sum_x, var = stats[name]["dsnot_sum_x"], stats[name]["dsnot_var"]
+            if index is not None:
+                sum_x, var = sum_x[index.to(sum_x.device)], var[index.to(var.device)]
+            mask, swaps = refine.dsnot(Wf, scores, mask, sum_x, var, config.dsnot_cycles, config.dsnot_threshold,
+                                       config.dsnot_same_sign, config.prune_m)
+            done.swaps += swaps
+        if index is None:
+            W[mask] = 0
+        elif fold is not None and name == fold[1]:
+            permute.fold_mlp(linears, *fold, index)
+            linear.weight.data[mask] = 0
+            done.folded[name] = index
+        else:
+            W[torch.zeros_like(mask).index_copy_(1, index.to(mask.device), mask)] = 0
+            done.permutations[name] = index
+    return done
 
 
 def propagate(layer: nn.Module, inps: torch.Tensor, kwargs: dict, batch: int) -> torch.Tensor:
     """Propagate phase: the pruned layer's outputs [n, seqlen, hidden], the next layer's inputs."""
     return torch.cat([hidden_of(layer(inps[j:j + batch], **kwargs)) for j in range(0, inps.shape[0], batch)])
+
+
+def outlier_ratios(model: nn.Module, layers: nn.ModuleList, calib_ids: torch.Tensor, method: Method,
+                   config: PruneConfig, context: dict, batch: int) -> list[float]:
+    """OWL's dense pass: every layer's outlier ratio D_l, weights untouched (capture, calibrate, propagate).
+
+    Costs one more calibrate and propagate per layer than the pruning walk (upstream OWL's extra pass); the
+    inputs of layer l come from the dense layers before it."""
+    if layer_ratios.uses_method_score(config):
+        collectors, score = method.collectors, method.score
+    else:
+        collectors, score, context = (WrappedGPT,), wanda_score, {}
+    needs_data = bool(collectors)
+    if needs_data:
+        inps, kwargs = capture_layer_inputs(model, layers, calib_ids)
+    ratios = []
+    for i in tqdm(range(len(layers)), desc=f"OWL outlier ratios ({len(layers)} layers)"):
+        layer = layers[i]
+        linears = find_linears(layer)
+        stats: dict[str, dict] = {name: {} for name in linears}
+        if needs_data:
+            device = layer_device(layer)
+            inps, kwargs = inps.to(device), to_device(kwargs, device)
+            stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch, collectors)
+        ratios.append(layer_ratios.outlier_ratio(
+            lambda: (score(lin.weight.data.float(), stats[name], config) for name, lin in linears.items()),
+            config.owl_m))
+        if needs_data:
+            inps = propagate(layer, inps, kwargs, batch)
+    return ratios
+
+
+def needs_calibration(method: Method, config: PruneConfig) -> bool:
+    """True when pruning reads calibration data: the method's or the add-ons' collectors, or OWL's Wanda pass."""
+    if config.sparsity_ratio == 0:
+        return False
+    owl_needs = config.layer_ratios == "owl" and not layer_ratios.uses_method_score(config)
+    return bool(method.collectors or refine.collectors(config)) or owl_needs
 
 
 def check_widths(layers: nn.ModuleList, config: PruneConfig) -> None:
@@ -224,13 +316,23 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
         logger.info("sparsity_ratio 0: nothing to prune")
         return report
     calib_ids = calib_ids[:config.nsamples]
-    needs_data = bool(method.collectors)
-    if needs_data:
-        inps, kwargs = capture_layer_inputs(model, layers, calib_ids)
     # Several sequences per layer call: on CPU this is ~5x faster than Wanda's one at a time, and collectors
     # are batch-split invariant, so the statistics are the same.
     batch = calib_batch_size(config, calib_ids.shape[1])
     context = method.prepare(calib_ids, config) if method.prepare is not None else {}
+    ratios = [config.sparsity_ratio] * len(layers)
+    if config.layer_ratios == "owl":
+        report.outlier_ratios = outlier_ratios(model, layers, calib_ids, method, config, context, batch)
+        ratios = report.layer_ratios = layer_ratios.owl_ratios(report.outlier_ratios, config.sparsity_ratio,
+                                                               config.owl_lambda)
+        logger.info("OWL: outlier ratios %s -> layer sparsities %s (mean %.6f)",
+                    [round(d, 6) for d in report.outlier_ratios], [round(r, 6) for r in ratios],
+                    sum(ratios) / len(ratios))
+    # The method's collectors plus those the add-ons need, each class once.
+    collectors = tuple(dict.fromkeys(method.collectors + refine.collectors(config)))
+    needs_data = bool(collectors)
+    if needs_data:
+        inps, kwargs = capture_layer_inputs(model, layers, calib_ids)
     progress = tqdm(range(len(layers)), desc="pruning")
     for i in progress:
         progress.set_description(f"pruning layer ({i + 1}/{len(layers)})")
@@ -241,10 +343,14 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
         if needs_data:
             device = layer_device(layer)
             inps, kwargs = inps.to(device), to_device(kwargs, device)
-            stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch)
+            stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch, collectors)
         # Structured methods may shrink linears: count removed weights as pruned, against the original size.
         original = sum(lin.weight.numel() for lin in linears.values())
-        compress(layer, linears, stats, method, config)
+        done = compress(layer, linears, stats, method, config, ratios[i])
+        report.permutations.update({f"layers.{i}.{n}": index.tolist() for n, index in done.permutations.items()})
+        report.folded_permutations.update({f"layers.{i}.{n}": index.tolist() for n, index in done.folded.items()})
+        if config.refine != "none":
+            report.refine_swaps.append(done.swaps)
         if record_stats and method.summarize is not None:
             for name in linears:
                 report.layer_stats[f"layers.{i}.{name}"] = method.summarize(stats[name], config)
@@ -252,6 +358,7 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig,
             inps = propagate(layer, inps, kwargs, batch)
         report.layer_sparsity.append(layer_sparsity(find_linears(layer), original))
         report.layer_seconds.append(time.time() - start)
-        logger.info("layer %d/%d: sparsity %.4f in %.2fs", i + 1, len(layers), report.layer_sparsity[-1],
-                    report.layer_seconds[-1])
+        logger.info("layer %d/%d: sparsity %.4f in %.2fs%s", i + 1, len(layers), report.layer_sparsity[-1],
+                    report.layer_seconds[-1], f"; {config.refine} swaps {done.swaps}" if config.refine != "none"
+                    else "")
     return report
