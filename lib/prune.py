@@ -144,6 +144,10 @@ class CalibrationHooks:
                 self.aliases[name] = owner[0]
                 return
             self._owner[id(x)] = (name, x)
+            if x.dim() == 2 and self._token_ids is not None:
+                # Some layers flatten tokens before the MLP (OPT's fc1/fc2): restore [sequences, tokens, in] so
+                # collectors count sequences, not batches (scales must agree across a layer's linears for OWL).
+                x = x.reshape(self._token_ids.shape[0], -1, x.shape[-1])
             for collector in self.collectors[name]:
                 collector.add_batch(x.detach(), self._token_ids)
         return hook
