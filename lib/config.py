@@ -106,8 +106,8 @@ class PruneConfig:
                                 group="OWL", choices=("owl", "uniform"))
     owl_m: float = setting(5.0, "OWL: a score is an outlier above M times its layer's mean score (> 0)",
                            group="OWL")
-    owl_lambda: float = setting(0.08, "OWL: layer ratios spread over [target - lambda, target + lambda] (>= 0)",
-                                group="OWL")
+    owl_lambda: float = setting(0.08, "OWL: layer ratios spread over 2 * lambda around the target, their mean "
+                                      "the target (>= 0)", group="OWL")
     owl_score: str = setting("wanda", "OWL: outliers of Wanda's score |W| * ||X|| (default) or of the method's "
                                       "own score", group="OWL", choices=("method", "wanda"))
     refine: str = setting("none", "mask refinement after the score method: 'none' (default) or 'dsnot'",

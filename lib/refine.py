@@ -1,4 +1,4 @@
-"""DSnoT (Zhang et al. ICLR 2024): training-free prune-and-regrow refinement of any score method's mask (--refine dsnot).
+"""DSnoT (Zhang et al. ICLR 2024): training-free prune-and-regrow refinement of any score mask (--refine dsnot).
 
 Per output row i, with d_ij = W_ij * sum_x_j (sum_x_j = the sum of x_j over a sequence's tokens, averaged over
 sequences: T * E[x_j], upstream's sum_metric_row), the reconstruction error is e_i = sum over pruned j of d_ij
