@@ -29,7 +29,6 @@ CONFIGS = [
     ("wanda + dsnot", "unstructured", {"prune_method": "wanda", "refine": "dsnot"}),
     ("wanda + dsnot (all linears)", "unstructured", {"prune_method": "wanda", "refine": "dsnot", "dsnot_skip": "none"}),
     ("ria", "unstructured", {"prune_method": "ria"}),
-    ("sparsegpt", "unstructured", {"prune_method": "sparsegpt"}),
     ("wanda", "2:4", {"prune_method": "wanda"}),
     ("wanda + permute", "2:4", {"prune_method": "wanda", "permute": True}),
     ("ria + permute", "2:4", {"prune_method": "ria", "permute": True}),

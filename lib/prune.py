@@ -222,7 +222,6 @@ def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, d
             continue
         scores = method.score(W.float(), stats[name], config)
         index = permute.reallocation_index(scores, config.prune_m) if config.permute else None
-        Wf = W.float() if index is None else W.float()[:, index]
         scores = scores if index is None else scores[:, index]
         if config.use_variant and not config.prune_n:
             mask = make_variant_mask(scores, config.sparsity_ratio)
@@ -231,8 +230,9 @@ def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, d
                              method.mask_group(config))
         if config.refine == "dsnot" and name not in unrefined:
             sum_x, var = stats[name]["dsnot_sum_x"], stats[name]["dsnot_var"]
+            Wf = W.float()
             if index is not None:
-                sum_x, var = sum_x[index.to(sum_x.device)], var[index.to(var.device)]
+                Wf, sum_x, var = Wf[:, index], sum_x[index.to(sum_x.device)], var[index.to(var.device)]
             mask, swaps = refine.dsnot(Wf, scores, mask, sum_x, var, config.dsnot_cycles, config.dsnot_threshold,
                                        config.dsnot_same_sign, config.prune_m)
             done.swaps += swaps
