@@ -35,7 +35,7 @@ from lib.methods import METHODS, Method, find_method
 from lib.models import find_decoder_layers, find_linears, load_config, load_tokenizer, \
     max_sequence_length, resolve_model
 from lib.offload import LayerStore, load_with_store
-from lib.prune import check_widths, prune_model
+from lib.prune import check_widths, needs_calibration, prune_model
 from lib.runinfo import git_commit, peak_rss_mb, save_model_atomic, versions, write_atomic
 from lib.sparsity import check_sparsity
 
@@ -156,8 +156,8 @@ def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
     tasks, task_plan = plan_zero_shot(run_cfg, data_dir) if run_cfg.eval_zero_shot else (None, None)
     # Read and count the data before paying for the model, so a missing or damaged file fails in seconds.
     eval_rows = load_wikitext2_rows(run_cfg.eval_split, data_dir)
-    needs_calibration = config.sparsity_ratio > 0 and bool(method.collectors)
-    calib_texts = load_calibration_texts(run_cfg.calib_dataset, data_dir) if needs_calibration else None
+    calib_texts = (load_calibration_texts(run_cfg.calib_dataset, data_dir) if needs_calibration(method, config)
+                   else None)
     tokenizer = load_tokenizer(run_cfg.model, run_cfg.cache_dir)
     test_ids = wikitext2_ids(eval_rows, tokenizer)
     eval_source = str(wikitext2_file(run_cfg.eval_split, data_dir) or "hub")
@@ -288,6 +288,13 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
                                                   plan.data_dir, plan.task_plan)
         seconds["zero_shot"] = time.time() - t
         print(format_zero_shot_table(results["zero_shot"]))
+    if config.layer_ratios != "uniform":
+        results.update(layer_ratios=report.layer_ratios, outlier_ratios=report.outlier_ratios)
+    if config.refine != "none":
+        results["refine_swaps"] = report.refine_swaps
+    if config.permute:
+        # W[:, index] of each linear here is N:M: a runtime gathers its input channels x[..., index] (RESULTS.md).
+        results.update(permutations=report.permutations, folded_permutations=report.folded_permutations)
     if run_cfg.save_stats:
         results["layer_stats"] = report.layer_stats
     PROGRESS.phase = "save"

@@ -103,6 +103,32 @@ class PruneConfig:
                                   group="NeuronRank", choices=("neuron", "weight"))
     nr_exp: float = setting(1.0, "exponent gamma on the channel factor, in [-10, 10]", group="NeuronRank")
     shrink: bool = setting(False, "neuron granularity: physically drop pruned neurons", group="NeuronRank")
+    # Add-ons that compose with the score methods (RESULTS.md): per-layer ratios, mask refinement, N:M permutation.
+    layer_ratios: str = setting("uniform", "per-layer sparsity: 'uniform' (default) or 'owl' (layers with more "
+                                           "outlier scores pruned less; one extra dense calibration pass)",
+                                group="OWL", choices=("owl", "uniform"))
+    owl_m: float = setting(5.0, "OWL: a score is an outlier above M times its layer's mean score (> 0)",
+                           group="OWL")
+    owl_lambda: float = setting(0.08, "OWL: layer ratios spread over 2 * lambda around the target, their mean "
+                                      "the target (>= 0)", group="OWL")
+    owl_score: str = setting("wanda", "OWL: outliers of Wanda's score |W| * ||X|| (default) or of the method's "
+                                      "own score", group="OWL", choices=("method", "wanda"))
+    refine: str = setting("none", "mask refinement after the score method: 'none' (default) or 'dsnot'",
+                          group="DSnoT", choices=("dsnot", "none"))
+    dsnot_cycles: int = setting(50, "DSnoT: most prune-and-regrow swaps per output row (>= 0)", group="DSnoT")
+    dsnot_threshold: float = setting(0.1, "DSnoT: a row stops once |reconstruction error| <= this (>= 0; in "
+                                          "units of w * sum over a sequence's tokens of x, as upstream)",
+                                     group="DSnoT")
+    dsnot_same_sign: bool = setting(False, "DSnoT unstructured: stop a row before its error changes sign "
+                                           "(upstream's default is off; N:M always checks)", group="DSnoT")
+    dsnot_skip: str = setting("mlp", "DSnoT: linears left with the initial mask: 'mlp' (upstream default: the "
+                                     "MLP's linears) or 'none'", group="DSnoT", choices=("mlp", "none"))
+    ria_alpha: float = setting(0.5, "RIA: exponent a on ||X_j||_2 (>= 0)", group="RIA")
+    ria_group: str = setting("layer", "RIA: compare scores over the whole layer (upstream default) or per output "
+                                      "row (upstream --per_outneuron)", group="RIA", choices=("layer", "row"))
+    permute: bool = setting(False, "N:M: reorder input channels before the mask so large scores spread over "
+                                   "groups (RIA's channel reallocation; any score method); folded into the MLP",
+                            group="RIA")
 
     def __post_init__(self) -> None:
         if self.sparsity_ratio is None:
@@ -144,6 +170,20 @@ class PruneConfig:
         check_choice(self, "nr_granularity")
         if self.neuronrank_max_classes < 0:
             raise ConfigError(f"neuronrank_max_classes {self.neuronrank_max_classes} must be >= 0")
+        for name in ("layer_ratios", "owl_score", "refine", "dsnot_skip", "ria_group"):
+            check_choice(self, name)
+        if not self.owl_m > 0:
+            raise ConfigError(f"owl_m {self.owl_m} must be > 0")
+        if self.dsnot_threshold < 0:
+            raise ConfigError(f"dsnot_threshold {self.dsnot_threshold} must be >= 0")
+        # Ratios spread over more than [0, 1) cannot be meant; nor can an exponent beyond the others' range, or
+        # more swaps per row than any layer has columns to swap (a typo would run for hours).
+        if not 0 <= self.owl_lambda <= 0.5:
+            raise ConfigError(f"owl_lambda {self.owl_lambda} must be in [0, 0.5] (OWL's default is 0.08)")
+        if not 0 <= self.ria_alpha <= MAX_EXPONENT:
+            raise ConfigError(f"ria_alpha {self.ria_alpha} must be in [0, {MAX_EXPONENT}] (RIA's default is 0.5)")
+        if not 0 <= self.dsnot_cycles <= 100_000:
+            raise ConfigError(f"dsnot_cycles {self.dsnot_cycles} must be in [0, 100000] (DSnoT's default is 50)")
 
     @property
     def prune_n(self) -> int:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import logging
 import time
@@ -19,8 +20,11 @@ from torch import nn
 from tqdm import tqdm
 
 import lib.methods  # noqa: F401  (registers every method)
+from lib import layer_ratios, permute, refine
 from lib.checks import check_finite_activations, check_finite_stats
+from lib.collectors import Collector
 from lib.config import ConfigError, PruneConfig
+from lib.methods.wanda import WrappedGPT, wanda_score
 from lib.models import find_decoder_layers, find_linears, input_device
 from lib.offload import LayerStore
 from lib.registry import Method, find_method
@@ -50,6 +54,15 @@ class PruneReport:
     layer_sparsity: list[float] = field(default_factory=list)
     layer_seconds: list[float] = field(default_factory=list)
     layer_stats: dict[str, dict] = field(default_factory=dict)
+    # --layer_ratios owl: each layer's target sparsity, and the outlier ratio D_l it came from.
+    layer_ratios: list[float] = field(default_factory=list)
+    outlier_ratios: list[float] = field(default_factory=list)
+    # --permute: {"layers.i.name": index}, W[:, index] is N:M (a runtime gathers x[..., index]); folded ones were
+    # applied to the MLP's weights (down is N:M as stored) and are recorded for reference only.
+    permutations: dict[str, list[int]] = field(default_factory=dict)
+    folded_permutations: dict[str, list[int]] = field(default_factory=dict)
+    # --refine dsnot: prune-and-regrow swaps made in each layer.
+    refine_swaps: list[int] = field(default_factory=list)
 
     @property
     def sparsity(self) -> float:
@@ -179,9 +192,10 @@ class CalibrationHooks:
     """
 
     def __init__(self, linears: dict[str, nn.Linear], method: Method, config: PruneConfig,
-                 context: dict | None = None) -> None:
+                 context: dict | None = None, collectors: tuple[type[Collector], ...] | None = None) -> None:
         self.linears = linears
-        self.collectors = {name: [cls(lin.in_features, config, **(context or {})) for cls in method.collectors]
+        classes = method.collectors if collectors is None else collectors
+        self.collectors = {name: [cls(lin.in_features, config, **(context or {})) for cls in classes]
                            for name, lin in linears.items()}
         self.aliases: dict[str, str] = {}
         self._owner: dict[int, tuple[str, torch.Tensor]] = {}  # id(input) -> (first linear, input), this batch
@@ -198,6 +212,10 @@ class CalibrationHooks:
                 self.aliases[name] = owner[0]
                 return
             self._owner[id(x)] = (name, x)
+            if x.dim() == 2 and self._token_ids is not None:
+                # Some layers flatten tokens before the MLP (OPT's fc1/fc2): restore [sequences, tokens, in] so
+                # collectors count sequences, not batches (scales must agree across a layer's linears for OWL).
+                x = x.reshape(self._token_ids.shape[0], -1, x.shape[-1])
             for collector in self.collectors[name]:
                 collector.add_batch(x.detach(), self._token_ids)
         return hook
@@ -230,9 +248,11 @@ class CalibrationHooks:
 
 def calibrate(layer: nn.Module, linears: dict[str, nn.Linear], inps: torch.Tensor, kwargs: dict,
               calib_ids: torch.Tensor, method: Method, config: PruneConfig, context: dict,
-              batch: int) -> dict[str, dict]:
-    """Calibrate phase: run inps [n, seqlen, hidden] through the layer in batches -> {linear: statistics}."""
-    with CalibrationHooks(linears, method, config, context) as hooks:
+              batch: int, collectors: tuple[type[Collector], ...] | None = None) -> dict[str, dict]:
+    """Calibrate phase: run inps [n, seqlen, hidden] through the layer in batches -> {linear: statistics}.
+
+    collectors: the collector classes (default the method's; the driver adds the add-ons' to them)."""
+    with CalibrationHooks(linears, method, config, context, collectors) as hooks:
         for j in range(0, inps.shape[0], batch):
             x = inps[j:j + batch].to(layer_device(layer))
             hooks.next_batch(calib_ids[j:j + batch].to(x.device))
@@ -240,24 +260,61 @@ def calibrate(layer: nn.Module, linears: dict[str, nn.Linear], inps: torch.Tenso
     return hooks.finalize()
 
 
+@dataclass
+class Compressed:
+    """What compress did beyond zeroing weights: --permute's channel orders, --refine's swap count."""
+
+    permutations: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> index (W[:, index] is N:M)
+    folded: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> index applied to the MLP's weights
+    swaps: int = 0
+
 
 def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, dict], method: Method,
-             config: PruneConfig) -> None:
-    """Compress phase: prune every linear of one layer in place (or the whole layer, for structured methods)."""
+             config: PruneConfig, ratio: float | None = None) -> Compressed:
+    """Compress phase: prune every linear of one layer in place (or the whole layer, for structured methods).
+
+    ratio: this layer's sparsity (--layer_ratios), default config.sparsity_ratio. After the score method's mask:
+    --permute chooses it in a reordered column order (folded into the MLP where possible), --refine dsnot
+    refines it (in that order)."""
+    done = Compressed()
+    if ratio is not None and ratio != config.sparsity_ratio:
+        config = dataclasses.replace(config, sparsity_ratio=ratio)
     if method.prunes_layer(config):
         method.prune_layer(layer, linears, stats, config)
-        return
+        return done
+    fold = permute.foldable_mlp(linears) if config.permute else None
+    unrefined = refine.skipped(linears, config) if config.refine != "none" else set()
     for name, linear in linears.items():
         W = linear.weight.data
         if method.update is not None:
             linear.weight.data = method.update(W.float(), stats[name], config).to(W.dtype)
             continue
         scores = method.score(W.float(), stats[name], config)
+        index = permute.reallocation_index(scores, config.prune_m) if config.permute else None
+        scores = scores if index is None else scores[:, index]
         if config.use_variant and not config.prune_n:
             mask = make_variant_mask(scores, config.sparsity_ratio)
         else:
-            mask = make_mask(scores, config.sparsity_ratio, config.prune_n, config.prune_m, method.group)
-        W[mask] = 0
+            mask = make_mask(scores, config.sparsity_ratio, config.prune_n, config.prune_m,
+                             method.mask_group(config))
+        if config.refine == "dsnot" and name not in unrefined:
+            sum_x, var = stats[name]["dsnot_sum_x"], stats[name]["dsnot_var"]
+            Wf = W.float()
+            if index is not None:
+                Wf, sum_x, var = Wf[:, index], sum_x[index.to(sum_x.device)], var[index.to(var.device)]
+            mask, swaps = refine.dsnot(Wf, scores, mask, sum_x, var, config.dsnot_cycles, config.dsnot_threshold,
+                                       config.dsnot_same_sign, config.prune_m)
+            done.swaps += swaps
+        if index is None:
+            W[mask] = 0
+        elif fold is not None and name == fold[1]:
+            permute.fold_mlp(linears, *fold, index)
+            linear.weight.data[mask] = 0
+            done.folded[name] = index
+        else:
+            W[torch.zeros_like(mask).index_copy_(1, index.to(mask.device), mask)] = 0
+            done.permutations[name] = index
+    return done
 
 
 def propagate(layer: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: dict, batch: int) -> None:
@@ -265,6 +322,73 @@ def propagate(layer: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: 
     device = layer_device(layer)
     for j in range(0, inps.shape[0], batch):
         outs[j:j + batch] = hidden_of(layer(inps[j:j + batch].to(device), **kwargs))
+
+
+def layer_walk(model: nn.Module, layers: nn.ModuleList, calib_ids: torch.Tensor, needs_data: bool, batch: int,
+               store: LayerStore | None, changes_weights: bool, desc: str, seconds: list[float] | None = None):
+    """The walk every pass shares: yields (index, layer on its device, inps, kwargs) per decoder layer; when the
+    caller's body for that layer is done, propagates the layer's outputs (the next layer's inputs) into the
+    second activation buffer, swaps the buffers, and offloads the layer (written back if it changed).
+
+    Without data (magnitude) inps and kwargs are None and nothing is captured or propagated. seconds, when
+    given, receives each layer's wall time (onload, the caller's body, propagate, offload).
+    """
+    if needs_data:
+        # Two activation buffers for the whole walk: a layer reads one and writes the other, then they swap.
+        inps, layer_kwargs = capture_layer_inputs(model, layers, calib_ids)
+        outs = torch.empty_like(inps)
+        moved: dict[torch.device, dict] = {}  # per device: kwargs tensors already moved there
+    progress = tqdm(range(len(layers)), desc=desc)
+    for i in progress:
+        progress.set_description(f"{desc} ({i + 1}/{len(layers)})")
+        start = time.time()
+        layer = store.onload(i) if store is not None else layers[i]
+        kwargs = None
+        if needs_data:
+            device = layer_device(layer)
+            if inps.device != device and store is None:  # device_map='auto': the next layers on another GPU
+                inps, outs = inps.to(device), outs.to(device)
+            kwargs = to_device(layer_kwargs[i], device, moved.setdefault(device, {}))
+        yield i, layer, (inps if needs_data else None), kwargs
+        if needs_data:
+            propagate(layer, inps, outs, kwargs, batch)
+            inps, outs = outs, inps
+            check_finite_activations(i, inps)
+        if store is not None:
+            store.offload(i, changed=changes_weights)
+        if seconds is not None:
+            seconds.append(time.time() - start)
+
+
+def outlier_ratios(model: nn.Module, layers: nn.ModuleList, calib_ids: torch.Tensor, method: Method,
+                   config: PruneConfig, context: dict, batch: int, store: LayerStore | None = None) -> list[float]:
+    """OWL's dense pass: every layer's outlier ratio D_l, weights untouched (the layer walk without compress).
+
+    Costs one more calibrate and propagate per layer than the pruning walk (upstream OWL's extra pass); the
+    inputs of layer l come from the dense layers before it."""
+    if layer_ratios.uses_method_score(config):
+        collectors, score = method.collectors, method.score
+    else:
+        collectors, score, context = (WrappedGPT,), wanda_score, {}
+    ratios = []
+    for i, layer, inps, kwargs in layer_walk(model, layers, calib_ids, bool(collectors), batch, store, False,
+                                             "OWL outlier ratios"):
+        linears = find_linears(layer)
+        stats: dict[str, dict] = {name: {} for name in linears}
+        if inps is not None:
+            stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch, collectors)
+        ratios.append(layer_ratios.outlier_ratio(
+            lambda: (score(lin.weight.data.float(), stats[name], config) for name, lin in linears.items()),
+            config.owl_m))
+    return ratios
+
+
+def needs_calibration(method: Method, config: PruneConfig) -> bool:
+    """True when pruning reads calibration data: the method's or the add-ons' collectors, or OWL's Wanda pass."""
+    if config.sparsity_ratio == 0:
+        return False
+    owl_needs = config.layer_ratios == "owl" and not layer_ratios.uses_method_score(config)
+    return bool(method.collectors or refine.collectors(config)) or owl_needs
 
 
 def check_widths(layers: nn.ModuleList, config: PruneConfig) -> None:
@@ -301,45 +425,39 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig, 
         logger.info("sparsity_ratio 0: nothing to prune")
         return report
     calib_ids = calib_ids[:config.nsamples]
-    needs_data = bool(method.collectors)
-    if needs_data:
-        # Two activation buffers for the whole walk: a layer reads one and writes the other, then they swap.
-        inps, layer_kwargs = capture_layer_inputs(model, layers, calib_ids)
-        outs = torch.empty_like(inps)
-        moved: dict[torch.device, dict] = {}  # per device: kwargs tensors already moved there
     # Several sequences per layer call: on CPU this is ~5x faster than Wanda's one at a time, and collectors
     # are batch-split invariant, so the statistics are the same.
     batch = calib_batch_size(config, calib_ids.shape[1])
     context = method.prepare(calib_ids, config) if method.prepare is not None else {}
-    progress = tqdm(range(len(layers)), desc="pruning")
-    for i in progress:
-        progress.set_description(f"pruning layer ({i + 1}/{len(layers)})")
-        start = time.time()
-        layer = store.onload(i) if store is not None else layers[i]
+    ratios = [config.sparsity_ratio] * len(layers)
+    if config.layer_ratios == "owl":
+        report.outlier_ratios = outlier_ratios(model, layers, calib_ids, method, config, context, batch, store)
+        ratios = report.layer_ratios = layer_ratios.owl_ratios(report.outlier_ratios, config.sparsity_ratio,
+                                                               config.owl_lambda)
+        logger.info("OWL: outlier ratios %s -> layer sparsities %s (mean %.6f)",
+                    [round(d, 6) for d in report.outlier_ratios], [round(r, 6) for r in ratios],
+                    sum(ratios) / len(ratios))
+    # The method's collectors plus those the add-ons need, each class once.
+    collectors = tuple(dict.fromkeys(method.collectors + refine.collectors(config)))
+    for i, layer, inps, kwargs in layer_walk(model, layers, calib_ids, bool(collectors), batch, store, True,
+                                             "pruning layer", report.layer_seconds):
         linears = find_linears(layer)
         stats: dict[str, dict] = {name: {} for name in linears}
-        if needs_data:
-            device = layer_device(layer)
-            if inps.device != device and store is None:  # device_map='auto': the next layers on another GPU
-                inps, outs = inps.to(device), outs.to(device)
-            kwargs = to_device(layer_kwargs[i], device, moved.setdefault(device, {}))
-            stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch)
+        if inps is not None:
+            stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch, collectors)
             for name, linear_stats in stats.items():
                 check_finite_stats(i, name, linear_stats)
         # Structured methods may shrink linears: count removed weights as pruned, against the original size.
         original = sum(lin.weight.numel() for lin in linears.values())
-        compress(layer, linears, stats, method, config)
+        done = compress(layer, linears, stats, method, config, ratios[i])
+        report.permutations.update({f"layers.{i}.{n}": index.tolist() for n, index in done.permutations.items()})
+        report.folded_permutations.update({f"layers.{i}.{n}": index.tolist() for n, index in done.folded.items()})
+        if config.refine != "none":
+            report.refine_swaps.append(done.swaps)
         if record_stats and method.summarize is not None:
             for name in linears:
                 report.layer_stats[f"layers.{i}.{name}"] = method.summarize(stats[name], config)
-        if needs_data:
-            propagate(layer, inps, outs, kwargs, batch)
-            inps, outs = outs, inps
-            check_finite_activations(i, inps)
-        report.layer_sparsity.append(layer_sparsity(find_linears(layer), original))
-        if store is not None:
-            store.offload(i, changed=True)
-        report.layer_seconds.append(time.time() - start)
-        logger.info("layer %d/%d: sparsity %.4f in %.2fs", i + 1, len(layers), report.layer_sparsity[-1],
-                    report.layer_seconds[-1])
+        report.layer_sparsity.append(layer_sparsity(linears, original))
+        logger.info("layer %d/%d: sparsity %.4f%s", i + 1, len(layers), report.layer_sparsity[-1],
+                    f"; {config.refine} swaps {done.swaps}" if config.refine != "none" else "")
     return report

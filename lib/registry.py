@@ -33,7 +33,8 @@ class Method:
     score: Score | None = None
     update: Score | None = None
     prune_layer: Callable | None = None
-    group: str = "row"
+    # "row" or "layer": the scores a mask compares; or a function(config) -> either (RIA's --ria_group).
+    group: str | Callable[[PruneConfig], str] = "row"
     supports_variant: bool = False
     # Optional: a function(config) raising ConfigError for settings this method cannot honour.
     check: Callable[[PruneConfig], None] | None = None
@@ -52,6 +53,10 @@ class Method:
         if self.prune_layer is None:
             return False
         return self.structured is None or self.structured(config)
+
+    def mask_group(self, config: PruneConfig) -> str:
+        """'row' or 'layer': which scores the unstructured mask compares, for this config."""
+        return self.group(config) if callable(self.group) else self.group
 
     def validate(self, config: PruneConfig) -> None:
         """Reject settings this method cannot honour, naming the value."""
@@ -93,4 +98,9 @@ def find_method(config: PruneConfig) -> Method:
         raise ConfigError(f"unknown prune_method '{config.prune_method}'"
                           f"{suggest(config.prune_method, sorted(METHODS))}; choose from {sorted(METHODS)}")
     method.validate(config)
+    # The add-ons that compose with score methods check their own combinations (imported here: they need torch).
+    from lib import layer_ratios, permute, refine
+
+    for addon in (layer_ratios, refine, permute):
+        addon.check(method, config)
     return method

@@ -30,6 +30,10 @@ ACCEPTED = {
     ("neuronrank_max_classes", "zero"), ("neuronrank_max_classes", "huge"), ("eval_batch_size", "huge"),
     ("zs_batch_size", "huge"), ("sparsity_ratio", "zero"), ("sel_idf_clip_min", "zero"),
     ("sel_idf_clip_max", "huge"), ("sel_spiky_clip_max", "huge"),
+    # OWL/DSnoT/RIA settings of add-ons this run does not use; zero is meaningful for each (no spread, no swap,
+    # refine to an exact error, no activation factor), a huge outlier multiple or threshold only turns them off.
+    ("owl_m", "huge"), ("owl_lambda", "zero"), ("dsnot_cycles", "zero"), ("dsnot_threshold", "zero"),
+    ("dsnot_threshold", "huge"), ("ria_alpha", "zero"),
     # Exponents of methods this run does not use (wanda); negative ones are meaningful (they invert a factor).
     ("sel_idf_exp", "zero"), ("sel_spiky_exp", "zero"), ("nr_exp", "zero"),
     ("sel_idf_exp", "negative"), ("sel_spiky_exp", "negative"), ("nr_exp", "negative"),

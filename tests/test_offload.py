@@ -80,3 +80,16 @@ def test_auto_offload_picks_by_size_on_the_cpu(monkeypatch):
     assert lib.offload.choose_mode("auto", 2 * 2**30, cpu) == "none"
     assert lib.offload.choose_mode("auto", 9 * 2**30, cpu) == "disk"
     assert lib.offload.choose_mode("cpu", 9 * 2**30, cpu) == "cpu"
+
+
+@pytest.mark.parametrize("extra", [{"layer_ratios": "owl"}, {"refine": "dsnot"},
+                                   {"sparsity_type": "2:4", "permute": True}], ids=["owl", "dsnot", "permute"])
+def test_add_ons_onloaded_from_disk_equal_in_memory(tiny_model_dir, calib_ids, tmp_path, extra):
+    folder = tiny_model_dir("llama")
+    config = PruneConfig(prune_method="wanda", nsamples=8, **extra)
+    ref, _, ref_store = load_with_store(str(folder), "llm_weights", "float32", None, "none", None)
+    model, _, store = load_with_store(str(folder), "llm_weights", "float32", None, "disk", str(tmp_path / "off"))
+    assert prune_model(model, calib_ids, config, store=store).layer_sparsity == \
+        prune_model(ref, calib_ids, config).layer_sparsity
+    for ours, theirs in zip(layer_weights(store), layer_weights(ref_store)):
+        assert all(torch.equal(ours[name], theirs[name]) for name in theirs)

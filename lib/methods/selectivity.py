@@ -10,13 +10,14 @@ The factor functions take any stats dict holding active_rate / top_mean / mean_a
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from lib.collectors import samples_and_rows
 from lib.config import PruneConfig
 from lib.methods.wanda import WrappedGPT, wanda_score
-from lib.registry import Method, register
+from lib.registry import Method, Score, register
 from lib.structured import neuron_pruner
 
 
@@ -216,20 +217,36 @@ def _bin_of(values: torch.Tensor) -> torch.Tensor:
     return (bits - _BIN_OFFSET).clamp(0, N_BINS - 1).long()
 
 
-def wanda_idf_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
-    """|W_ij| * ||X_j|| * IDF_j^a [out, in]."""
-    return wanda_score(W, stats, config) * idf_factor(stats, config).to(W.device).unsqueeze(0)
+def select_factor(stats: dict, config: PruneConfig) -> torch.Tensor:
+    """IDF_j ** sel_idf_exp * R_j ** sel_spiky_exp [in]."""
+    return idf_factor(stats, config) * spiky_factor(stats, config)
 
 
-def wanda_spiky_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
-    """|W_ij| * ||X_j|| * R_j^b [out, in]."""
-    return wanda_score(W, stats, config) * spiky_factor(stats, config).to(W.device).unsqueeze(0)
+# The selectivity factors any per-weight score can be multiplied by: suffix -> (factor function, what it is).
+FACTORS = {
+    "idf": (idf_factor, "IDF (rarely active input channels weigh more)"),
+    "spiky": (spiky_factor, "R (input channels with rare large peaks weigh more)"),
+    "select": (select_factor, "IDF * R"),
+}
 
 
-def wanda_select_score(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
-    """|W_ij| * ||X_j|| * IDF_j^a * R_j^b [out, in]."""
-    factor = idf_factor(stats, config) * spiky_factor(stats, config)
-    return wanda_score(W, stats, config) * factor.to(W.device).unsqueeze(0)
+def times_factor(score: Score, factor: Callable[[dict, PruneConfig], torch.Tensor]) -> Score:
+    """score(W, stats, config) [out, in] times factor(stats, config) [in] per input column."""
+    def weighted(W: torch.Tensor, stats: dict, config: PruneConfig) -> torch.Tensor:
+        return score(W, stats, config) * factor(stats, config).to(W.device).unsqueeze(0)
+    weighted.__doc__ = f"{score.__name__} [out, in] times {factor.__name__} [in] per input column."
+    return weighted
+
+
+def register_selective(base: str, score: Score, describe: str,
+                       fields: Callable[[Score], dict] = lambda weighted: {}) -> None:
+    """Register {base}_idf, {base}_spiky, {base}_select: `score` times each factor of FACTORS, statistics from one
+    WrappedGPTSelectivity pass; fields(weighted score) gives extra Method fields (e.g. neuron granularity)."""
+    for suffix, (factor, what) in FACTORS.items():
+        weighted = times_factor(score, factor)
+        register(Method(f"{base}_{suffix}", (WrappedGPTSelectivity,), score=weighted, summarize=summarize,
+                        prepare=lambda calib_ids, config: {"scratch": Scratch()}, help=f"{describe} * {what}",
+                        **fields(weighted)))
 
 
 def _quantiles(values: torch.Tensor) -> dict[str, float]:
@@ -253,10 +270,5 @@ def summarize(stats: dict, config: PruneConfig) -> dict:
     }
 
 
-for _name, _score, _help in [
-    ("wanda_idf", wanda_idf_score, "|W| * ||X|| * IDF (rarely active input channels weigh more)"),
-    ("wanda_spiky", wanda_spiky_score, "|W| * ||X|| * R (input channels with rare large peaks weigh more)"),
-    ("wanda_select", wanda_select_score, "|W| * ||X|| * IDF * R"),
-]:
-    register(Method(_name, (WrappedGPTSelectivity,), score=_score, supports_variant=True, summarize=summarize,
-                    prepare=lambda calib_ids, config: {"scratch": Scratch()}, help=_help, **neuron_pruner(_score)))
+register_selective("wanda", wanda_score, "|W| * ||X||",
+                   lambda weighted: {"supports_variant": True, **neuron_pruner(weighted)})

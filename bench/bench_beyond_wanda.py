@@ -1,0 +1,81 @@
+"""Cost of the add-ons (OWL, DSnoT, RIA, N:M permutation) against wanda, side by side in one run (a benchmark, not
+a test).
+
+    WANDA_DATA_DIR=../shared/data python bench/bench_beyond_wanda.py [--model smollm2-135m] [--nsamples 32] \
+        [--seqlen 512] [--malloc_mmap_threshold 131072]
+
+Each configuration prunes once in a fresh subprocess (so peak RSS is its own); prune_model's wall and CPU seconds
+and peak RSS, as ratios to wanda at the same sparsity type.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from common import bench_parser, peak_rss_mb, pin_malloc, run_child  # noqa: E402
+from lib.config import PruneConfig  # noqa: E402
+from lib.data import get_calibration, resolve_data_dir  # noqa: E402
+from lib.models import load_model  # noqa: E402
+from lib.prune import prune_model  # noqa: E402
+
+# (label, sparsity type, PruneConfig fields); the first row of each type is the baseline.
+CONFIGS = [
+    ("wanda", "unstructured", {"prune_method": "wanda"}),
+    ("wanda + owl", "unstructured", {"prune_method": "wanda", "layer_ratios": "owl"}),
+    ("wanda + dsnot", "unstructured", {"prune_method": "wanda", "refine": "dsnot"}),
+    ("wanda + dsnot (all linears)", "unstructured", {"prune_method": "wanda", "refine": "dsnot", "dsnot_skip": "none"}),
+    ("ria", "unstructured", {"prune_method": "ria"}),
+    ("wanda", "2:4", {"prune_method": "wanda"}),
+    ("wanda + permute", "2:4", {"prune_method": "wanda", "permute": True}),
+    ("ria + permute", "2:4", {"prune_method": "ria", "permute": True}),
+    ("wanda + dsnot", "2:4", {"prune_method": "wanda", "refine": "dsnot"}),
+]
+
+
+def child(args: argparse.Namespace) -> dict:
+    """Prune once with the JSON-given config fields -> seconds and peak RSS."""
+    model, tokenizer = load_model(args.model, dtype=torch.float32)
+    calib = get_calibration("c4", tokenizer, args.nsamples, args.seed, args.seqlen, resolve_data_dir(None))
+    sum(p.float().sum().item() for p in model.parameters())  # touch the memory-mapped weights
+    before = peak_rss_mb()
+    config = PruneConfig(sparsity_type=args.sparsity_type, nsamples=args.nsamples, seed=args.seed,
+                         **json.loads(args.fields))
+    start, cpu_start = time.perf_counter(), time.process_time()
+    prune_model(model, calib, config)
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+            "rss_loaded_mb": before, "rss_peak_mb": peak_rss_mb()}
+
+
+def main() -> None:
+    p = bench_parser(__doc__)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--sparsity_type", default="unstructured", help=argparse.SUPPRESS)
+    p.add_argument("--fields", default="{}", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    malloc = pin_malloc(args.malloc_mmap_threshold)
+    print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"MALLOC_MMAP_THRESHOLD_={malloc}")
+    print(f"{'configuration':<30}{'type':<14}{'wall s':>8}{'x wanda':>9}{'CPU s':>8}{'x wanda':>9}"
+          f"{'peak RSS MiB':>14}{'x wanda':>9}{'above load MiB':>16}")
+    base: dict[str, dict] = {}
+    for label, sparsity_type, fields in CONFIGS:
+        r = run_child(__file__, ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen",
+                                 str(args.seqlen), "--seed", str(args.seed), "--sparsity_type", sparsity_type,
+                                 "--fields", json.dumps(fields)])
+        b = base.setdefault(sparsity_type, r)
+        print(f"{label:<30}{sparsity_type:<14}{r['seconds']:>8.1f}{r['seconds'] / b['seconds']:>9.2f}"
+              f"{r['cpu_seconds']:>8.1f}{r['cpu_seconds'] / b['cpu_seconds']:>9.2f}{r['rss_peak_mb']:>14.0f}"
+              f"{r['rss_peak_mb'] / b['rss_peak_mb']:>9.2f}{r['rss_peak_mb'] - r['rss_loaded_mb']:>16.0f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
