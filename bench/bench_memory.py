@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,15 +66,21 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--eval_limit", type=int, default=8)
     p.add_argument("--eval_batch_size", type=int, default=4)
+    p.add_argument("--malloc_mmap_threshold", type=int, default=131072, help="MALLOC_MMAP_THRESHOLD_ for the child")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args)))
         return
+    # glibc's moving mmap threshold can keep freed temporaries in the heap (RSS +-100 MiB between identical
+    # runs); a fixed one returns them, as in the other benchmarks.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)}
     argv = [sys.executable, __file__, "--child", *sys.argv[1:]]
-    result = json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    result = json.loads(subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
+                        .stdout.splitlines()[-1])
     print(f"# {args.model}, {args.method}, nsamples {args.nsamples}, seqlen {args.seqlen}, eval {args.eval_limit} "
-          f"windows x batch {args.eval_batch_size}; code from {Path(result['code']).parent.parent}")
+          f"windows x batch {args.eval_batch_size}; code from {Path(result['code']).parent.parent}; "
+          f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold}")
     print("load: peak RSS; other phases: peak above the RSS the phase started with")
     for phase, mb in result["peaks_above_start_mb"].items():
         print(f"{phase:<12}{mb:>10.0f} MiB")
