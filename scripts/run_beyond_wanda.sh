@@ -9,7 +9,8 @@
 # into $RESULTS_DIR/<label>/seed<k>/results.json (default results/beyond_wanda), then prints one line per run:
 # label, seed, ppl_pruned, measured sparsity, prune seconds, exactly as results.json holds them.
 # Resume: a run whose results.json exists is skipped. A failed run is reported and the batch goes on.
-# Environment: PYTHON (default .venv/bin/python, else python3), RESULTS_DIR, WANDA_DATA_DIR (the data folder).
+# Environment: PYTHON (default .venv/bin/python, else python3), RESULTS_DIR, WANDA_DATA_DIR (the data folder),
+# LABELS (space-separated labels to run, default all; e.g. LABELS="u50_wanda nm24_ria" leaves the slow sparsegpt out).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +41,7 @@ failed=()
 for seed in "${SEEDS[@]}"; do
     for run in "${RUNS[@]}"; do
         label="${run%%|*}"
+        [ -z "${LABELS:-}" ] || [[ " $LABELS " == *" $label "* ]] || continue
         read -r -a args <<< "${run#*|}"
         out="$RESULTS_DIR/$label/seed$seed"
         [ -f "$out/results.json" ] && continue
