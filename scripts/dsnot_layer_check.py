@@ -11,8 +11,9 @@ Per linear it prints:
      (tests/test_beyond_wanda.py's transcription of zyxxmu/DSnoT prune_DSnoT, fed upstream's WrappedGPT statistics
      computed on the same X), and the number of weights where they differ;
   2. the relative reconstruction error ||W X - (M*W) X||_F / ||W X||_F (all rows; DSnoT's paper objective),
-     its share that is the mean over tokens (the only part DSnoT's e_i = sum_t (W - M*W) x_t measures), and
-     the mean |e_i|, for the Wanda mask and for the refined mask under each variant: same-sign off/on,
+     its share that is the mean over tokens (the only part DSnoT's e_i = sum_t (W - M*W) x_t measures), the
+     mean |e_i|, the mean over rows of each row's relative error ||(W_i - M_i*W_i) X|| / ||W_i X||, and the
+     fraction of rows whose error rose, for the Wanda mask and for the refined mask under each variant: same-sign off/on,
      threshold 0.1 (upstream's units: a 256-token sum) and 0.1 * seqlen / 2048 (upstream's per-token tolerance).
      --dsnot_skip mlp leaves gate/up/down at the Wanda mask, so its rows are the Wanda rows there.
 Weights and activations in float32 on the CPU; nothing is written.
@@ -54,9 +55,10 @@ def layer_inputs(layer, linears, inps, kwargs, batch) -> dict[str, torch.Tensor]
     return {name: torch.cat(xs) for name, xs in seen.items()}
 
 
-def errors(W: torch.Tensor, mask: torch.Tensor, X: torch.Tensor) -> tuple[float, float, float]:
+def errors(W: torch.Tensor, mask: torch.Tensor, X: torch.Tensor) -> tuple[float, float, float, torch.Tensor]:
     """W [out, in], mask (True = pruned), X [n, T, in] -> (relative Frobenius error of W X, share of the squared
-    error that is the per-sequence token mean (DSnoT's e), mean_i |e_i| with e_i = sum_t / n_seq as upstream)."""
+    error that is the per-sequence token mean (DSnoT's e), mean_i |e_i| with e_i = sum_t / n_seq as upstream,
+    per-row relative errors [out])."""
     delta = W.masked_fill(~mask, 0).double()  # dense minus pruned weights
     Xd = X.double()
     Y = Xd @ W.double().T
@@ -64,7 +66,8 @@ def errors(W: torch.Tensor, mask: torch.Tensor, X: torch.Tensor) -> tuple[float,
     rel = (E.norm() / Y.norm()).item()
     mean_part = (E.mean(dim=1, keepdim=True).expand_as(E).norm() ** 2 / E.norm() ** 2).item()
     e = E.sum(dim=1).mean(dim=0)  # [out]: upstream's sum over a sequence's tokens, averaged over sequences
-    return rel, mean_part, e.abs().mean().item()
+    rows = E.flatten(0, 1).norm(dim=0) / Y.flatten(0, 1).norm(dim=0)
+    return rel, mean_part, e.abs().mean().item(), rows
 
 
 def main() -> None:
@@ -102,7 +105,8 @@ def main() -> None:
             continue
         X = layer_inputs(layer, linears, inps, kwargs, batch)
         mlp = skipped(linears, config)
-        print(f"{'linear':<18} {'variant':<32} {'swaps':>6} {'rel err':>9} {'mean share':>10} {'mean|e|':>9}")
+        print(f"{'linear':<18} {'variant':<32} {'swaps':>6} {'rel err':>9} {'mean share':>10} {'mean|e|':>9} "
+              f"{'row err':>8} {'rows worse':>10}")
         for name, lin in linears.items():
             W = lin.weight.data.float()
             s = stats[name]
@@ -120,11 +124,14 @@ def main() -> None:
                   f"({differ} of {ours.numel()} weights differ; ours prunes {int(ours.sum())}, "
                   f"published {int(theirs.sum())})")
             base = errors(W, initial, X[name])
-            print(f"{'':<18} {'wanda mask':<32} {0:>6} {base[0]:>9.5f} {base[1]:>10.4f} {base[2]:>9.4f}")
+            print(f"{'':<18} {'wanda mask':<32} {0:>6} {base[0]:>9.5f} {base[1]:>10.4f} {base[2]:>9.4f} "
+                  f"{base[3].mean().item():>8.5f}")
             for label, same_sign, thr in variants:
                 mask, swaps = dsnot(W, scores, initial, s["dsnot_sum_x"], s["dsnot_var"], 50, thr, same_sign, m)
                 err = errors(W, mask, X[name])
-                print(f"{'':<18} {label:<32} {swaps:>6} {err[0]:>9.5f} {err[1]:>10.4f} {err[2]:>9.4f}  "
+                worse = (err[3] > base[3]).double().mean().item()
+                print(f"{'':<18} {label:<32} {swaps:>6} {err[0]:>9.5f} {err[1]:>10.4f} {err[2]:>9.4f} "
+                      f"{err[3].mean().item():>8.5f} {worse:>10.3f}  "
                       f"({'+' if err[0] >= base[0] else ''}{100 * (err[0] / base[0] - 1):.2f}% vs wanda"
                       f"{', skipped by --dsnot_skip mlp' if name in mlp else ''})")
         break
