@@ -3,13 +3,14 @@
 #
 # OWL, DSnoT and RIA (RESULTS.md) against wanda and sparsegpt on the embedded smollm2-135m, experiment protocol
 # (--nsamples 16 --seqlen 256 --eval_limit 32 --eval_batch_size 8), one run at a time, seeds 0 1 2 by default:
-#   50% unstructured: wanda, wanda+owl, wanda+dsnot, ria, sparsegpt
+#   50% unstructured: wanda, wanda+owl, wanda+dsnot, wanda+dsnot with the sign check, ria, sparsegpt
 #   2:4:              wanda, wanda+dsnot, ria, ria+permute, sparsegpt
 #   70% unstructured: wanda, wanda+owl (OWL's published gains are at 70%)
 # into $RESULTS_DIR/<label>/seed<k>/results.json (default results/beyond_wanda), then prints one line per run:
 # label, seed, ppl_pruned, measured sparsity, prune seconds, exactly as results.json holds them.
 # Resume: a run whose results.json exists is skipped. A failed run is reported and the batch goes on.
-# Environment: PYTHON (default .venv/bin/python, else python3), RESULTS_DIR, WANDA_DATA_DIR (the data folder).
+# Environment: PYTHON (default .venv/bin/python, else python3), RESULTS_DIR, WANDA_DATA_DIR (the data folder),
+# LABELS (space-separated labels to run, default all; e.g. LABELS="u50_wanda nm24_ria" leaves the slow sparsegpt out).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +26,7 @@ RUNS=(
     "u50_wanda|--prune_method wanda --sparsity_ratio 0.5"
     "u50_wanda_owl|--prune_method wanda --sparsity_ratio 0.5 --layer_ratios owl"
     "u50_wanda_dsnot|--prune_method wanda --sparsity_ratio 0.5 --refine dsnot"
+    "u50_wanda_dsnot_samesign|--prune_method wanda --sparsity_ratio 0.5 --refine dsnot --dsnot_same_sign"
     "u50_ria|--prune_method ria --sparsity_ratio 0.5"
     "u50_sparsegpt|--prune_method sparsegpt --sparsity_ratio 0.5"
     "nm24_wanda|--prune_method wanda --sparsity_type 2:4"
@@ -40,6 +42,7 @@ failed=()
 for seed in "${SEEDS[@]}"; do
     for run in "${RUNS[@]}"; do
         label="${run%%|*}"
+        [ -z "${LABELS:-}" ] || [[ " $LABELS " == *" $label "* ]] || continue
         read -r -a args <<< "${run#*|}"
         out="$RESULTS_DIR/$label/seed$seed"
         [ -f "$out/results.json" ] && continue
