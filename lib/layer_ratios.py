@@ -9,14 +9,13 @@ layer (`lib.prune.outlier_ratios`); this module holds the arithmetic and the che
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from lib.config import ConfigError, PruneConfig
+from lib.registry import ADDON_CHECKS, Method
 
-if TYPE_CHECKING:
-    from lib.registry import Method
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +85,6 @@ def check(method: Method, config: PruneConfig) -> None:
     if uses_method_score(config) and method.score is None:
         raise ConfigError(f"--owl_score method needs a per-weight score, and '{method.name}' reconstructs "
                           f"weights without one; use --owl_score wanda")
+
+
+ADDON_CHECKS.append(check)

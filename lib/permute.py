@@ -13,15 +13,13 @@ Upstream's optional assignment-solver refinement (--lsa) is not implemented.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from lib.config import ConfigError, PruneConfig
+from lib.registry import ADDON_CHECKS, Method
 
-if TYPE_CHECKING:
-    from lib.registry import Method
 
 
 def reallocation_index(scores: torch.Tensor, prune_m: int) -> torch.Tensor:
@@ -75,3 +73,6 @@ def check(method: Method, config: PruneConfig) -> None:
         raise ConfigError(f"--permute needs a per-weight score to reorder channels by, and '{method.name}' "
                           f"{'removes whole neurons' if method.prunes_layer(config) else 'reconstructs weights'}; "
                           f"use a score method such as wanda or ria")
+
+
+ADDON_CHECKS.append(check)

@@ -11,16 +11,14 @@ kept weights; var gets a floor).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from lib.collectors import Collector
 from lib.config import ConfigError, PruneConfig
+from lib.registry import ADDON_CHECKS, Method
 
-if TYPE_CHECKING:
-    from lib.registry import Method
 
 # Var(x_j) floor relative to the layer's mean variance: a constant channel (var 0) would make upstream's
 # d / var infinite or NaN.
@@ -160,3 +158,6 @@ def check(method: Method, config: PruneConfig) -> None:
         raise ConfigError(f"--refine dsnot refines a score method's mask before any reconstruction, and "
                           f"'{method.name}' reconstructs the weights (its zeros are not a mask to swap); use a "
                           f"score method such as wanda")
+
+
+ADDON_CHECKS.append(check)

@@ -81,6 +81,9 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+# Checks of the add-ons that compose with any score method (OWL, DSnoT, permutation): each add-on module
+# registers its check(method, config) on import, so the registry imports none of them.
+ADDON_CHECKS: list[Callable[[Method, PruneConfig], None]] = []
 
 
 def register(method: Method) -> Method:
@@ -98,9 +101,6 @@ def find_method(config: PruneConfig) -> Method:
         raise ConfigError(f"unknown prune_method '{config.prune_method}'"
                           f"{suggest(config.prune_method, sorted(METHODS))}; choose from {sorted(METHODS)}")
     method.validate(config)
-    # The add-ons that compose with score methods check their own combinations (imported here: they need torch).
-    from lib import layer_ratios, permute, refine
-
-    for addon in (layer_ratios, refine, permute):
-        addon.check(method, config)
+    for check in ADDON_CHECKS:
+        check(method, config)
     return method

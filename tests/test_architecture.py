@@ -35,14 +35,23 @@ def test_every_lib_module_imports_on_its_own():
 
 
 def module_imports(path: Path) -> set[str]:
-    """The lib modules one file imports at module level (not inside functions)."""
+    """The lib modules one file imports anywhere, inside functions too (not under `if TYPE_CHECKING:`).
+
+    `from lib import x` of a submodule counts as importing lib.x, not the package's own code."""
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("lib")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lib"):
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES}
+            submodules = {f"{node.module}.{a.name}" for a in node.names} & set(MODULES)
+            found |= submodules
+            if len(submodules) < len(node.names):
+                found.add(node.module)
     return found & set(MODULES)
 
 
