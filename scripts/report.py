@@ -28,7 +28,7 @@ METHOD_ORDER = ["wanda", "wanda_idf", "wanda_spiky", "wanda_select", "magnitude"
                 "neuronrank_fisher"]
 CSV_COLUMNS = ["model", "eval_split", "eval_limit", "seqlen", "nsamples", "sparsity_type", "sparsity_ratio",
                "method", "setting", "n_seeds", "seeds", "ppl_mean", "ppl_std", "change_vs_baseline_pct",
-               "change_std_pct", "change_n", "ppl_dense", "prune_seconds", "total_seconds", "peak_rss_mb",
+               "change_std_pct", "change_n", "change_p", "ppl_dense", "prune_seconds", "total_seconds", "peak_rss_mb",
                "peak_cuda_mb", "measured_sparsity"]
 
 
@@ -65,6 +65,7 @@ class Row:
     change_pct: float | None = None
     change_std_pct: float | None = None
     change_n: int = 0
+    change_p: float | None = None  # paired t-test over the shared seeds (nan for one seed)
     is_baseline: bool = False
     ppl_dense: float | None = None
     prune_seconds: float | None = None
@@ -167,12 +168,65 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance)
 
 
+def paired_changes(method_ppl: dict[int, float], baseline_ppl: dict[int, float]) -> list[float]:
+    """100 * (method / baseline - 1) for each seed both have, in seed order."""
+    return [100.0 * (method_ppl[s] / baseline_ppl[s] - 1.0) for s in sorted(set(method_ppl) & set(baseline_ppl))]
+
+
 def paired_change(method_ppl: dict[int, float], baseline_ppl: dict[int, float]) -> tuple[float, float, int]:
     """Mean and sample std over shared seeds of 100 * (method / baseline - 1), and how many seeds were shared."""
-    shared = sorted(set(method_ppl) & set(baseline_ppl))
-    changes = [100.0 * (method_ppl[s] / baseline_ppl[s] - 1.0) for s in shared]
+    changes = paired_changes(method_ppl, baseline_ppl)
     mean, std = mean_std(changes)
-    return mean, std, len(shared)
+    return mean, std, len(changes)
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b), by its continued fraction (Numerical Recipes' betacf, Lentz)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast on this side only
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
+
+
+def paired_t_test(changes: list[float]) -> float:
+    """Two-sided p-value of a paired t-test that the mean change is zero (n - 1 degrees of freedom); nan for n < 2.
+
+    Identical non-zero changes give 0, all-zero changes 1. With 3 seeds (2 degrees of freedom) p < 0.05 needs
+    |mean| > 4.30 standard errors.
+    """
+    n = len(changes)
+    if n < 2:
+        return math.nan
+    mean, std = mean_std(changes)
+    if std == 0.0:
+        return 1.0 if mean == 0.0 else 0.0
+    t = mean / (std / math.sqrt(n))
+    df = n - 1
+    return _betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def significance(mean_change: float, p: float, alpha: float = 0.05) -> str:
+    """'better' / 'worse' (lower / higher perplexity than the baseline, paired t-test p < alpha) or 'n.s.', with p."""
+    if math.isnan(p):
+        return "untested (1 seed)"
+    if p >= alpha:
+        return f"n.s. (p={p:.2f})"
+    return f"{'better' if mean_change < 0 else 'worse'} (p={p:.3f})"
 
 
 def _mean_of(values: list) -> float | None:
@@ -229,6 +283,7 @@ def summarise(runs: list[dict], baseline: str = "wanda", defaults: dict | None =
             row.is_baseline = True
             continue
         row.change_pct, row.change_std_pct, row.change_n = paired_change(row.ppl_by_seed, base.ppl_by_seed)
+        row.change_p = paired_t_test(paired_changes(row.ppl_by_seed, base.ppl_by_seed))
     return sorted(rows.values(), key=_row_order)
 
 
@@ -292,12 +347,20 @@ def format_change(row: Row, baseline: str) -> str:
     return f"{text} (n={row.change_n})"
 
 
+def format_significance(row: Row) -> str:
+    """The paired t-test's verdict for a row with a baseline to pair with, else ''."""
+    if row.is_baseline or row.change_pct is None or row.change_n == 0 or row.change_p is None:
+        return ""
+    return significance(row.change_pct, row.change_p)
+
+
 def write_markdown(rows: list[Row], runs: list[dict], path: Path, baseline: str = "wanda") -> None:
     """report.md: one table per model and protocol, then provenance (versions, commits, files)."""
     lines = ["# Pruning comparison", "",
              f"Perplexity is mean ± sample std over calibration seeds. Δ vs {baseline} is paired per seed: the mean "
              f"over the seeds both runs have of 100·(ppl / ppl_{baseline} − 1), ± its sample std, n = shared "
-             f"seeds. Negative Δ means lower perplexity than {baseline}. Seconds are means over seeds; peak "
+             f"seeds. Negative Δ means lower perplexity than {baseline}. The paired t-test (two-sided, n − 1 degrees of "
+             f"freedom, on the per-seed Δ) calls a row better or worse at p < 0.05, else n.s. (not significant). Seconds are means over seeds; peak "
              "memory is the maximum over seeds.", ""]
     by_protocol: dict[Protocol, list[Row]] = defaultdict(list)
     for row in rows:
@@ -309,13 +372,13 @@ def write_markdown(rows: list[Row], runs: list[dict], path: Path, baseline: str 
                   f"split={protocol.eval_split}, eval_limit={protocol.eval_limit}. Dense perplexity: "
                   f"{_fmt(dense) or 'not measured'}.", ""]
         has_cuda = any(r.peak_cuda_mb is not None for r in group)
-        header = ["sparsity", "method", "setting", "seeds", "perplexity", f"Δ vs {baseline} %", "prune s",
+        header = ["sparsity", "method", "setting", "seeds", "perplexity", f"Δ vs {baseline} %", "paired t-test", "prune s",
                   "total s", "peak RSS MB"] + (["peak CUDA MB"] if has_cuda else []) + ["measured sparsity"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in group:
             k = row.key
             cells = [f"{k.sparsity_ratio:g} {k.sparsity_type}", k.method, k.setting or "default",
-                     ",".join(map(str, row.seeds)), format_ppl(row), format_change(row, baseline),
+                     ",".join(map(str, row.seeds)), format_ppl(row), format_change(row, baseline), format_significance(row),
                      _fmt(row.prune_seconds, 1), _fmt(row.total_seconds, 1), _fmt(row.peak_rss_mb, 0)]
             cells += [_fmt(row.peak_cuda_mb, 0)] if has_cuda else []
             cells += [_fmt(row.measured_sparsity, 4)]
@@ -351,6 +414,7 @@ def write_csv(rows: list[Row], path: Path) -> None:
                 "change_vs_baseline_pct": 0.0 if row.is_baseline else _blank(row.change_pct),
                 "change_std_pct": _blank(row.change_std_pct),
                 "change_n": len(row.seeds) if row.is_baseline else row.change_n,
+                "change_p": _blank(row.change_p),
                 "ppl_dense": _blank(row.ppl_dense), "prune_seconds": _blank(row.prune_seconds),
                 "total_seconds": _blank(row.total_seconds), "peak_rss_mb": _blank(row.peak_rss_mb),
                 "peak_cuda_mb": _blank(row.peak_cuda_mb), "measured_sparsity": _blank(row.measured_sparsity)})

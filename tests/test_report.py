@@ -60,6 +60,30 @@ def test_paired_change_is_not_the_change_of_means() -> None:
     assert (mean, n) == (pytest.approx(25.0), 2)
 
 
+def test_paired_t_test_matches_the_closed_forms() -> None:
+    # The t distribution's two-sided tail has closed forms for 1 degree of freedom (Cauchy), 1 - 2 atan|t| / pi,
+    # and for 2, 1 - |t| / sqrt(t^2 + 2). Changes -1, -2, -3: mean -2, std 1, t = -2 sqrt(3) with 2 d.o.f.
+    t = -2.0 * math.sqrt(3.0)
+    assert report.paired_t_test([-1.0, -2.0, -3.0]) == pytest.approx(1.0 - abs(t) / math.sqrt(t * t + 2.0), rel=1e-12)
+    # Two changes 1 and 3: mean 2, std sqrt(2), t = 2 / (sqrt(2) / sqrt(2)) = 2 with 1 d.o.f.
+    assert report.paired_t_test([1.0, 3.0]) == pytest.approx(1.0 - 2.0 * math.atan(2.0) / math.pi, rel=1e-12)
+    # Many degrees of freedom approach the normal: t = 1.96 with 10^5 d.o.f. gives p = 0.05 to 1e-4.
+    n = 100001
+    changes = [1.0 + (1 if i % 2 else -1) for i in range(n - 1)] + [1.0]
+    mean, std = report.mean_std(changes)
+    shifted = [c - mean + 1.96 * std / math.sqrt(n) for c in changes]  # t = 1.96 exactly
+    assert report.paired_t_test(shifted) == pytest.approx(0.05, abs=1e-4)
+    assert math.isnan(report.paired_t_test([5.0]))
+    assert report.paired_t_test([2.0, 2.0]) == 0.0 and report.paired_t_test([0.0, 0.0, 0.0]) == 1.0
+
+
+def test_significance_labels() -> None:
+    assert report.significance(-3.0, 0.01) == "better (p=0.010)"
+    assert report.significance(+3.0, 0.001) == "worse (p=0.001)"
+    assert report.significance(-3.0, 0.2) == "n.s. (p=0.20)"
+    assert report.significance(-3.0, math.nan) == "untested (1 seed)"
+
+
 @pytest.fixture
 def fabricated(tmp_path: Path) -> Path:
     """A results tree: wanda and wanda_select over 3 seeds, a sweep point, a second ratio, 2:4, a validation run."""
@@ -116,8 +140,15 @@ def test_report_rows_csv_markdown_and_plots(fabricated: Path, tmp_path: Path) ->
     assert validation["change_vs_baseline_pct"] == "" and validation["change_n"] == "0"
 
     markdown = (out / "report.md").read_text()
-    assert "| 0.5 unstructured | wanda | default | 0,1,2 | 12.00 ± 2.00 | ref |" in markdown
-    assert "| 11.20 ± 1.93 | -6.67 ± 5.77 (n=3) |" in markdown
+    assert "| 0.5 unstructured | wanda | default | 0,1,2 | 12.00 ± 2.00 | ref |  |" in markdown
+    # -10, 0, -10 %: t = -2 with 2 d.o.f., p = 1 - 2 / sqrt(6) = 0.18; 0.6: -10 %, -9.68 % with 1 d.o.f.
+    assert float(select["change_p"]) == pytest.approx(1.0 - 2.0 / math.sqrt(6.0))
+    assert "| 11.20 ± 1.93 | -6.67 ± 5.77 (n=3) | n.s. (p=0.18) |" in markdown
+    changes = [100.0 * (27.0 / 30.0 - 1), 100.0 * (28.0 / 31.0 - 1)]
+    t = report.mean_std(changes)[0] / (report.mean_std(changes)[1] / math.sqrt(2.0))
+    assert float(row("wanda_select", ratio="0.6")["change_p"]) == pytest.approx(1.0 - 2.0 * math.atan(abs(t)) / math.pi)
+    assert f"| better (p={1.0 - 2.0 * math.atan(abs(t)) / math.pi:.3f}) |" in markdown
+    assert "| +10.00 (n=1) | untested (1 seed) |" in markdown
     assert "| 0.5 unstructured | wanda_select | sel_tau_percentile=0.7 | 0 | 11.00 | +10.00 (n=1) |" in markdown
     assert "Dense perplexity: 8.00" in markdown and "torch 2.13.0" in markdown
     for name in ("ppl_by_method.png", "ppl_vs_sparsity.png"):
