@@ -103,8 +103,8 @@ def main_cli() -> int:
     main.load_with_store = load_once()
     cache_data()
     failed = []
-    for seed in args.seeds:
-        for label in args.labels or RUNS:
+    for label in args.labels or RUNS:  # label-major: a label's seeds finish together, for the paired test
+        for seed in args.seeds:
             out = args.results_dir / label / f"seed{seed}"
             if (out / "results.json").exists():
                 continue
