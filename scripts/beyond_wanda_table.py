@@ -1,43 +1,107 @@
-"""Per-seed perplexities of scripts/run_beyond_wanda.sh, their mean ± std, and the paired change vs wanda.
+"""RESULTS.md's tables from scripts/run_beyond_wanda.py's results: perplexity per configuration and column, the
+paired change vs wanda with a paired t-test, the best configuration per column, and every seed's perplexity.
 
     .venv/bin/python scripts/beyond_wanda_table.py [RESULTS_DIR]      (default results/beyond_wanda)
 
-One Markdown row per label: ppl_pruned of each seed found (4 decimals, as run_beyond_wanda.sh prints them), the
-mean ± sample std (n - 1) over those seeds, and the paired change vs wanda of the same sparsity (u50_*, u70_*
-vs <prefix>_wanda; nm24_* vs nm24_wanda): per seed run by both, ppl - ppl_wanda, mean ± sample std. A std
-needs two seeds; with one it is '-'.
+Columns are the label prefixes (u50, u60, u70 = unstructured 50/60/70 %, nm24 = 2:4). Perplexity: mean ± sample
+std (n - 1) over the seeds found. Change: per seed both ran, 100 * (ppl / ppl_wanda - 1) against wanda of the same
+column, mean ± sample std, and report.py's two-sided paired t-test on those per-seed changes (n - 1 degrees of
+freedom): 'better'/'worse' at p < 0.05, else 'n.s.'. Best per column: the lowest mean perplexity, and whether it is
+significantly better than wanda and than the runner-up (the same paired test against each).
 """
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
 
+from report import mean_std, paired_changes, paired_t_test, significance
 
-def mean_std(values: list[float]) -> str:
-    if not values:
+COLUMNS = {"u50": "50%", "u60": "60%", "u70": "70%", "nm24": "2:4"}
+METHODS = ["wanda_spiky", "sparsegpt", "wanda", "ria"]  # longest match first
+ADDON_NAMES = {"owl": "owl", "dsnot": "dsnot", "samesign": "(same sign)", "permute": "permute"}
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """'u70_wanda_spiky_owl_dsnot' -> ('u70', 'wanda_spiky + owl + dsnot')."""
+    column, rest = label.split("_", 1)
+    method = next(m for m in METHODS if rest == m or rest.startswith(m + "_"))
+    addons = [ADDON_NAMES[a] for a in rest[len(method):].split("_") if a]
+    return column, " + ".join([method, *addons]).replace(" + (same sign)", " (same sign)")
+
+
+def load(root: Path) -> dict[tuple[str, str], dict[int, float]]:
+    """(column, configuration) -> {seed: ppl_pruned}."""
+    ppl: dict[tuple[str, str], dict[int, float]] = {}
+    for path in sorted(root.glob("*/seed*/results.json")):
+        key = split_label(path.parent.parent.name)
+        ppl.setdefault(key, {})[int(path.parent.name[4:])] = json.loads(path.read_text())["ppl_pruned"]
+    return ppl
+
+
+def fmt_mean_std(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.2f}" if len(values) < 2 else f"{mean:.2f} ± {std:.2f}"
+
+
+def change_cell(runs: dict[int, float], base: dict[int, float]) -> str:
+    changes = paired_changes(runs, base)
+    if not changes:
         return "-"
-    std = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "-"
-    return f"{statistics.mean(values):.2f} ± {std}"
+    mean, std = mean_std(changes)
+    spread = f" ± {std:.1f}" if len(changes) > 1 else ""
+    return f"{mean:+.1f}{spread} % {significance(mean, paired_t_test(changes))}"
+
+
+def tables(ppl: dict[tuple[str, str], dict[int, float]]) -> str:
+    columns = [c for c in COLUMNS if any(col == c for col, _ in ppl)]
+    configs = sorted({cfg for _, cfg in ppl}, key=lambda cfg: (_config_order(cfg), cfg))
+    head = "| configuration | " + " | ".join(COLUMNS[c] for c in columns) + " |\n|---|" + "---:|" * len(columns)
+    out = ["Perplexity, mean ± std over seeds (n seeds in brackets where not 3):", "", head]
+    for cfg in configs:
+        cells = []
+        for c in columns:
+            runs = ppl.get((c, cfg))
+            cells.append("" if not runs else fmt_mean_std(list(runs.values()))
+                         + ("" if len(runs) == 3 else f" (n={len(runs)})"))
+        out.append(f"| {cfg} | " + " | ".join(cells) + " |")
+    out += ["", "Paired change vs wanda (per seed, % of wanda's perplexity), mean ± std, paired t-test:", "", head]
+    for cfg in configs:
+        if cfg == "wanda":
+            continue
+        cells = [change_cell(ppl[(c, cfg)], ppl.get((c, "wanda"), {})) if (c, cfg) in ppl else "" for c in columns]
+        out.append(f"| {cfg} | " + " | ".join(cells) + " |")
+    out += ["", "Best per column (lowest mean perplexity):", ""]
+    for c in columns:
+        ranked = sorted(((mean_std(list(r.values()))[0], cfg) for (col, cfg), r in ppl.items() if col == c))
+        (best_mean, best), (_, second) = ranked[0], ranked[1]
+        vs = [f"vs {other}: {change_cell(ppl[(c, best)], ppl[(c, other)])}" for other in dict.fromkeys(
+            ["wanda", second]) if other != best]
+        out.append(f"- {COLUMNS[c]}: **{best}** {best_mean:.2f}; " + "; ".join(vs))
+    seeds = sorted({s for r in ppl.values() for s in r})
+    out += ["", "Every run (ppl_pruned as results.json holds it):", "",
+            "| column | configuration | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+            "|---|---|" + "---:|" * len(seeds)]
+    for c in columns:
+        for cfg in configs:
+            if (c, cfg) in ppl:
+                runs = ppl[(c, cfg)]
+                out.append(f"| {COLUMNS[c]} | {cfg} | "
+                           + " | ".join(f"{runs[s]:.4f}" if s in runs else "-" for s in seeds) + " |")
+    return "\n".join(out)
+
+
+def _config_order(cfg: str) -> int:
+    """wanda first, then its add-ons, ria, wanda_spiky and its add-ons, sparsegpt."""
+    order = ["wanda", "wanda + owl", "wanda + dsnot", "wanda + dsnot (same sign)", "wanda + owl + dsnot",
+             "wanda + permute", "ria", "ria + permute", "wanda_spiky", "wanda_spiky + owl", "wanda_spiky + dsnot",
+             "wanda_spiky + owl + dsnot", "wanda_spiky + permute", "sparsegpt", "sparsegpt + owl"]
+    return order.index(cfg) if cfg in order else len(order)
 
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "results/beyond_wanda")
-    ppl: dict[str, dict[int, float]] = {}
-    for path in sorted(root.glob("*/seed*/results.json")):
-        ppl.setdefault(path.parent.parent.name, {})[int(path.parent.name[4:])] = json.loads(path.read_text())[
-            "ppl_pruned"]
-    seeds = sorted({s for runs in ppl.values() for s in runs})
-    print("| run | " + " | ".join(f"seed {s}" for s in seeds) + " | seeds | mean ± std | paired change vs wanda |")
-    print("| --- |" + " ---: |" * (len(seeds) + 3))
-    for label, runs in ppl.items():
-        reference = label.split("_")[0] + "_wanda"
-        base = ppl.get(reference, {}) if label != reference else {}
-        paired = [runs[s] - base[s] for s in runs if s in base]
-        cells = [f"{runs[s]:.4f}" if s in runs else "-" for s in seeds]
-        change = f"{mean_std(paired)} (n={len(paired)})" if paired else "-"
-        print(f"| {label} | " + " | ".join(cells) + f" | {len(runs)} | {mean_std(list(runs.values()))} | {change} |")
+    print(tables(load(root)))
 
 
 if __name__ == "__main__":

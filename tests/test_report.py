@@ -292,3 +292,26 @@ def test_selectivity_sweep_selects_on_validation_only(tmp_path: Path, fake_pytho
         "--tau_percentile", "0.5", "0.6", "0.7", "--top_quantile", "0.9", "--idf_exp", "1", "--spiky_exp", "1",
         "--nsamples", "4", "--seqlen", "16", "--eval_limit", "2"]) == 0
     assert len(calls(tmp_path)) == len(runs)
+
+
+def test_beyond_wanda_table_columns_pairs_and_best(tmp_path: Path) -> None:
+    import beyond_wanda_table as table
+
+    assert table.split_label("u70_wanda_spiky_owl_dsnot") == ("u70", "wanda_spiky + owl + dsnot")
+    assert table.split_label("u50_wanda_dsnot_samesign") == ("u50", "wanda + dsnot (same sign)")
+    assert table.split_label("nm24_sparsegpt") == ("nm24", "sparsegpt")
+    # wanda 10, 12, 14; wanda + owl 9, 11, 13 (-10, -8.3, -7.1 %, p < 0.05); ria 11, 10, 15 (mixed signs).
+    for label, values in {"u50_wanda": (10.0, 12.0, 14.0), "u50_wanda_owl": (9.0, 11.0, 13.0),
+                          "u50_ria": (11.0, 10.0, 15.0)}.items():
+        for seed, ppl in enumerate(values):
+            path = tmp_path / label / f"seed{seed}" / "results.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"ppl_pruned": ppl}))
+    text = table.tables(table.load(tmp_path))
+    changes = [-10.0, -100.0 / 12, -100.0 / 14]
+    p = report.paired_t_test(changes)
+    assert p < 0.05
+    assert "| wanda | 12.00 ± 2.00 |" in text and "| wanda + owl | 11.00 ± 2.00 |" in text
+    assert f"| wanda + owl | {sum(changes) / 3:+.1f} ± {report.mean_std(changes)[1]:.1f} % better (p={p:.3f}) |" in text
+    assert "- 50%: **wanda + owl** 11.00; vs wanda: " in text
+    assert "| 50% | ria | 11.0000 | 10.0000 | 15.0000 |" in text
