@@ -59,6 +59,12 @@ def build_runs() -> dict[str, list[str]]:
 
 
 RUNS = build_runs()
+# OWL's two hyperparameters around the published M = 5, lambda = 0.08, at 70% (where its published gain is).
+OWL_SWEEP = {f"u70_wanda_owl_m{m}_l{lam}": ["--prune_method", "wanda", "--sparsity_ratio", "0.7", "--layer_ratios",
+                                            "owl", "--owl_m", m, "--owl_lambda", lam]
+             for m, lam in [("5", "0.04"), ("5", "0.12"), ("5", "0.16"), ("5", "0.2"), ("5", "0.3"), ("3", "0.08"),
+                            ("7", "0.08"), ("10", "0.08")]}
+GRIDS = {"addons": RUNS, "owl_sweep": OWL_SWEEP}
 
 
 def load_once():
@@ -95,20 +101,25 @@ def cache_data() -> None:
 def main_cli() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--labels", nargs="+", choices=sorted(RUNS), metavar="LABEL",
-                   help=f"runs to do (default all): {' '.join(RUNS)}")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="addons",
+                   help="addons: RESULTS.md's comparison; owl_sweep: OWL's M and lambda at 70%%")
+    p.add_argument("--labels", nargs="+", choices=sorted(RUNS) + sorted(OWL_SWEEP), metavar="LABEL",
+                   help=f"runs of the grid to do (default all): {' '.join(RUNS)}")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--results_dir", type=Path, default=REPO / "results/beyond_wanda")
     args = p.parse_args()
     main.load_with_store = load_once()
     cache_data()
     failed = []
-    for label in args.labels or RUNS:  # label-major: a label's seeds finish together, for the paired test
+    runs = GRIDS[args.grid]
+    if set(args.labels or ()) - set(runs):
+        p.error(f"--labels {' '.join(sorted(set(args.labels) - set(runs)))} not in --grid {args.grid}")
+    for label in args.labels or runs:  # label-major: a label's seeds finish together, for the paired test
         for seed in args.seeds:
             out = args.results_dir / label / f"seed{seed}"
             if (out / "results.json").exists():
                 continue
-            argv = ["--model", args.model, *PROTOCOL, *RUNS[label], "--seed", str(seed), "--save", str(out)]
+            argv = ["--model", args.model, *PROTOCOL, *runs[label], "--seed", str(seed), "--save", str(out)]
             print(f"== {label} seed {seed}: main.py {' '.join(argv)}", file=sys.stderr, flush=True)
             sys.argv = ["main.py", *argv]  # results.json records the equivalent command
             status = main.main(argv)
