@@ -23,12 +23,13 @@ from lib import layer_ratios
 from run_beyond_wanda import PROTOCOL, REPO
 
 
+OWL_RATIOS = layer_ratios.owl_ratios  # the real one, kept before any patch (patches must not stack over seeds)
+
+
 def patched(control: str, seed: int):
     """layer_ratios.owl_ratios, then shuffled or reversed."""
-    real = layer_ratios.owl_ratios
-
     def owl_ratios(outlier_ratios, target, owl_lambda):
-        ratios = real(outlier_ratios, target, owl_lambda)
+        ratios = OWL_RATIOS(outlier_ratios, target, owl_lambda)
         if control == "reversed":
             return [2 * target - r for r in ratios]
         order = torch.randperm(len(ratios), generator=torch.Generator().manual_seed(seed + 1000)).tolist()
