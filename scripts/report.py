@@ -359,9 +359,9 @@ def write_markdown(rows: list[Row], runs: list[dict], path: Path, baseline: str 
     lines = ["# Pruning comparison", "",
              f"Perplexity is mean ± sample std over calibration seeds. Δ vs {baseline} is paired per seed: the mean "
              f"over the seeds both runs have of 100·(ppl / ppl_{baseline} − 1), ± its sample std, n = shared "
-             f"seeds. Negative Δ means lower perplexity than {baseline}. The paired t-test (two-sided, n − 1 degrees of "
-             f"freedom, on the per-seed Δ) calls a row better or worse at p < 0.05, else n.s. (not significant). Seconds are means over seeds; peak "
-             "memory is the maximum over seeds.", ""]
+             f"seeds. Negative Δ means lower perplexity than {baseline}. The paired t-test (two-sided, n − 1 "
+             "degrees of freedom, on the per-seed Δ) calls a row better or worse at p < 0.05, else n.s. (not "
+             "significant). Seconds are means over seeds; peak memory is the maximum over seeds.", ""]
     by_protocol: dict[Protocol, list[Row]] = defaultdict(list)
     for row in rows:
         by_protocol[row.key.protocol].append(row)
@@ -372,14 +372,15 @@ def write_markdown(rows: list[Row], runs: list[dict], path: Path, baseline: str 
                   f"split={protocol.eval_split}, eval_limit={protocol.eval_limit}. Dense perplexity: "
                   f"{_fmt(dense) or 'not measured'}.", ""]
         has_cuda = any(r.peak_cuda_mb is not None for r in group)
-        header = ["sparsity", "method", "setting", "seeds", "perplexity", f"Δ vs {baseline} %", "paired t-test", "prune s",
-                  "total s", "peak RSS MB"] + (["peak CUDA MB"] if has_cuda else []) + ["measured sparsity"]
+        header = ["sparsity", "method", "setting", "seeds", "perplexity", f"Δ vs {baseline} %", "paired t-test",
+                  "prune s", "total s", "peak RSS MB"] + (["peak CUDA MB"] if has_cuda else []) + ["measured sparsity"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in group:
             k = row.key
             cells = [f"{k.sparsity_ratio:g} {k.sparsity_type}", k.method, k.setting or "default",
-                     ",".join(map(str, row.seeds)), format_ppl(row), format_change(row, baseline), format_significance(row),
-                     _fmt(row.prune_seconds, 1), _fmt(row.total_seconds, 1), _fmt(row.peak_rss_mb, 0)]
+                     ",".join(map(str, row.seeds)), format_ppl(row), format_change(row, baseline),
+                     format_significance(row), _fmt(row.prune_seconds, 1), _fmt(row.total_seconds, 1),
+                     _fmt(row.peak_rss_mb, 0)]
             cells += [_fmt(row.peak_cuda_mb, 0)] if has_cuda else []
             cells += [_fmt(row.measured_sparsity, 4)]
             lines.append("| " + " | ".join(cells) + " |")
