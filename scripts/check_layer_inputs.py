@@ -17,17 +17,21 @@ from lib.prune import capture_layer_inputs, hidden_of, propagate
 
 
 @torch.no_grad()
-def model_layer_outputs(model, layers, ids: torch.Tensor) -> list[torch.Tensor]:
-    """Every decoder layer's output [n, seqlen, hidden] inside the model's own forward (the oracle)."""
-    outputs: list[list[torch.Tensor]] = [[] for _ in layers]
-    handles = [layer.register_forward_hook(lambda m, a, o, i=i: outputs[i].append(hidden_of(o)))
-               for i, layer in enumerate(layers)]
+def forward_with_hooks(model, ids: torch.Tensor, handles: list) -> None:
+    """The model's own forward over each row of ids [n, seqlen], one at a time, then remove the hooks' handles."""
     try:
         for row in ids:
             model(row[None], use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
+
+
+def model_layer_outputs(model, layers, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Every decoder layer's output [n, seqlen, hidden] inside the model's own forward (the oracle)."""
+    outputs: list[list[torch.Tensor]] = [[] for _ in layers]
+    forward_with_hooks(model, ids, [layer.register_forward_hook(lambda m, a, o, i=i: outputs[i].append(hidden_of(o)))
+                                    for i, layer in enumerate(layers)])
     return [torch.cat(out) for out in outputs]
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from check_layer_inputs import forward_with_hooks
 
-@torch.no_grad()
+
 def dense_input_norms(model, layers, ids: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """Per layer, per linear: sum over every calibration token of x_j^2 (float64), from the model's own forward."""
     from lib.models import find_linears
@@ -34,12 +35,7 @@ def dense_input_norms(model, layers, ids: torch.Tensor) -> list[dict[str, torch.
                 x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
                 sums[i][name] = sums[i].get(name, 0) + (x * x).sum(0)
             handles.append(linear.register_forward_pre_hook(hook))
-    try:
-        for row in ids:
-            model(row[None], use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, ids, handles)
     return sums
 
 
