@@ -1,5 +1,6 @@
 """RESULTS.md's tables from scripts/run_beyond_wanda.py's results: perplexity per configuration and column, the
-paired change vs wanda with a paired t-test, the best configuration per column, and every seed's perplexity.
+paired change vs wanda with a paired t-test, what wanda_spiky adds over wanda under the same add-ons, the best
+configuration per column, and every seed's perplexity.
 
     .venv/bin/python scripts/beyond_wanda_table.py [RESULTS_DIR]      (default results/beyond_wanda)
 
@@ -71,6 +72,14 @@ def tables(ppl: dict[tuple[str, str], dict[int, float]]) -> str:
             continue
         cells = [change_cell(ppl[(c, cfg)], ppl.get((c, "wanda"), {})) if (c, cfg) in ppl else "" for c in columns]
         out.append(f"| {cfg} | " + " | ".join(cells) + " |")
+    out += ["", "What spikiness adds: wanda_spiky vs wanda under the same add-ons (paired, % of the wanda run):", "",
+            head]
+    for cfg in configs:
+        twin = "wanda" + cfg[len("wanda_spiky"):]
+        if cfg.startswith("wanda_spiky") and any((c, twin) in ppl for c in columns):
+            cells = [change_cell(ppl[(c, cfg)], ppl[(c, twin)]) if (c, cfg) in ppl and (c, twin) in ppl else ""
+                     for c in columns]
+            out.append(f"| {cfg} vs {twin} | " + " | ".join(cells) + " |")
     out += ["", "Best per column (lowest mean perplexity):", ""]
     for c in columns:
         ranked = sorted(((mean_std(list(r.values()))[0], cfg) for (col, cfg), r in ppl.items() if col == c))

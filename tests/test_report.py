@@ -302,7 +302,7 @@ def test_beyond_wanda_table_columns_pairs_and_best(tmp_path: Path) -> None:
     assert table.split_label("nm24_sparsegpt") == ("nm24", "sparsegpt")
     # wanda 10, 12, 14; wanda + owl 9, 11, 13 (-10, -8.3, -7.1 %, p < 0.05); ria 11, 10, 15 (mixed signs).
     for label, values in {"u50_wanda": (10.0, 12.0, 14.0), "u50_wanda_owl": (9.0, 11.0, 13.0),
-                          "u50_ria": (11.0, 10.0, 15.0)}.items():
+                          "u50_ria": (11.0, 10.0, 15.0), "u50_wanda_spiky": (9.0, 12.0, 12.6)}.items():
         for seed, ppl in enumerate(values):
             path = tmp_path / label / f"seed{seed}" / "results.json"
             path.parent.mkdir(parents=True)
@@ -315,3 +315,5 @@ def test_beyond_wanda_table_columns_pairs_and_best(tmp_path: Path) -> None:
     assert f"| wanda + owl | {sum(changes) / 3:+.1f} ± {report.mean_std(changes)[1]:.1f} % better (p={p:.3f}) |" in text
     assert "- 50%: **wanda + owl** 11.00; vs wanda: " in text
     assert "| 50% | ria | 11.0000 | 10.0000 | 15.0000 |" in text
+    # wanda_spiky 9, 12, 12.6 against wanda 10, 12, 14: -10, 0, -10 %, t = -2 with 2 d.o.f., p = 0.18.
+    assert "| wanda_spiky vs wanda | -6.7 ± 5.8 % n.s. (p=0.18) |" in text
