@@ -14,7 +14,7 @@ endif
 # Never reach for the hub from tests or the quick run when data is local.
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-QUICK := --nsamples 32 --seqlen 512 --eval_limit 16 --eval_batch_size 4
+QUICK := --protocol quick
 
 .PHONY: setup run test bench clean gemma3
 setup: $(STAMP)

@@ -35,6 +35,7 @@ from lib.methods import METHODS, Method, find_method
 from lib.models import find_decoder_layers, find_linears, load_config, load_tokenizer, \
     max_sequence_length, resolve_model
 from lib.offload import LayerStore, load_with_store
+from lib.protocols import PROTOCOLS, protocol_settings
 from lib.prune import check_widths, needs_calibration, prune_model
 from lib.runinfo import git_commit, peak_rss_mb, save_model_atomic, versions, write_atomic
 from lib.sparsity import check_sparsity
@@ -270,7 +271,7 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
     ppl_pruned = evaluate(model, store, plan, run_cfg, "pruned", seconds)
 
     results = {
-        "model": run_cfg.model, "prune_method": config.prune_method, "sparsity_type": config.sparsity_type,
+        "model": run_cfg.model, "protocol": run_cfg.protocol, "prune_method": config.prune_method, "sparsity_type": config.sparsity_type,
         "sparsity_ratio": config.sparsity_ratio, "measured_sparsity": sparsity, "layer_sparsity": per_layer,
         "ppl_dense": ppl_dense, "ppl_pruned": ppl_pruned, "eval_split": run_cfg.eval_split,
         "calib_dataset": run_cfg.calib_dataset, "seed": config.seed, "nsamples": config.nsamples,
@@ -308,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
     PROGRESS.phase, PROGRESS.written = "startup", []
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.protocol in PROTOCOLS:  # an unknown name is left to RunConfig's one-line error
+        parser.set_defaults(**protocol_settings(args.protocol))  # flags on the command line still win
+        args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     return run_cli(lambda: run(settings_from(RunConfig, args), settings_from(PruneConfig, args)), PROGRESS)
 

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lib.protocols import PROTOCOLS
+
 CALIB_DATASETS = ("c4", "wikitext2")
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
 OFFLOAD_MODES = ("auto", "none", "cpu", "disk")
@@ -204,6 +206,9 @@ class PruneConfig:
 class RunConfig:
     """What main.py does around the pruning: model, data, evaluation, outputs."""
 
+    protocol: str | None = setting(None, "named calibration/evaluation sizes (lib/protocols.py): quick (make run), "
+                                         "experiment (RESULTS.md), wanda (Wanda's paper); flags given override it",
+                                   group="data", choices=tuple(PROTOCOLS))
     model: str = setting("smollm2-135m", "local HF folder, hub id, .gguf file, or the bundled alias "
                                          "'smollm2-135m' (default)", group="model")
     cache_dir: str = setting("llm_weights", "hub cache and GGUF conversions (default llm_weights)", group="model")
@@ -254,6 +259,8 @@ class RunConfig:
                 raise ConfigError(f"{name} {value} must be a positive integer")
         for name in ("calib_dataset", "eval_split"):
             check_choice(self, name)
+        if self.protocol is not None:
+            check_choice(self, "protocol")
         if self.device_map not in (None, "auto"):
             raise ConfigError(f"device_map '{self.device_map}' is not supported; use 'auto' or omit it")
         check_choice(self, "dtype")

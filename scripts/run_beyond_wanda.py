@@ -26,7 +26,7 @@ from pathlib import Path
 import main
 
 REPO = Path(__file__).resolve().parent.parent
-PROTOCOL = ["--nsamples", "16", "--seqlen", "256", "--eval_limit", "32", "--eval_batch_size", "8", "--no_dense_eval"]
+PROTOCOL = ["--protocol", "experiment", "--no_dense_eval"]
 
 # label -> main.py arguments. Prefix: u50/u60/u70 = unstructured at that ratio, nm24 = 2:4. OWL is refused with
 # N:M (its published N:M form mixes N per layer), so the 2:4 block has no OWL rows.

@@ -46,6 +46,21 @@ def test_cli_end_to_end_saves_results_and_model(tiny_model_dir, data_dir, tmp_pa
     assert "pruned perplexity" in capsys.readouterr().out
 
 
+def test_protocol_sets_sizes_flags_override_and_results_record_it(tiny_model_dir, data_dir, tmp_path):
+    from lib.protocols import PROTOCOLS
+
+    parser = main.build_parser()
+    parser.set_defaults(**PROTOCOLS["experiment"])
+    args = parser.parse_args(["--seqlen", "32"])
+    assert (args.nsamples, args.seqlen, args.eval_limit) == (16, 32, 32)  # the flag wins, the rest is the protocol
+    out = tmp_path / "out"
+    assert run_cli("--model", tiny_model_dir("llama"), "--protocol", "experiment", "--seqlen", 32, "--eval_limit", 2,
+                   "--data_dir", data_dir, "--save", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"] == "experiment" and results["nsamples"] == 16
+    assert (results["seqlen"], results["eval_limit"]) == (32, 2)
+
+
 def test_cli_sparsity_zero_is_dense(tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "out"
     assert run_cli("--model", tiny_model_dir("opt"), "--sparsity_ratio", 0, "--nsamples", 2, "--seqlen", 32,
@@ -68,6 +83,7 @@ BAD_INPUTS = [
     (["--calib_dataset", "ptb"], "calib_dataset 'ptb' is not one of"),
     (["--sparsity_type", "2:3", "--sparsity_ratio", "0.6666666666666666"], "not a multiple of M=3"),
     (["--eval_zero_shot", "--tasks", "hellaswag"], "no zero-shot task of ['hellaswag'] can run here"),
+    (["--protocol", "quik"], "protocol 'quik' is not one of"),
     (["--prune_method", "wanda_idf", "--sel_idf_clip_min", "20"], "sel_idf_clip_min 20.0 must be in [0, sel_idf_clip_max 10.0]"),
 ]
 
