@@ -170,6 +170,7 @@ def main_cases(work: Path) -> dict:
                     "--data_dir", str(data), "--save", str(save), "--save_stats", *flags]
             status = main.main(argv)
             results = json.loads((save / "results.json").read_text()) if status == 0 else {}
+            results["model"] = family  # the temporary folder's name differs per run
             out[f"{family} {' '.join(flags)}"] = {"status": status,
                                                   **{k: v for k, v in results.items() if k not in VOLATILE}}
     return out
