@@ -24,7 +24,8 @@ from lib import layer_ratios, permute, refine
 from lib.checks import check_finite_activations, check_finite_stats
 from lib.collectors import Collector
 from lib.config import ConfigError, PruneConfig
-from lib.methods.wanda import WrappedGPT, wanda_score
+from lib.collectors import InputSquares
+from lib.methods.wanda import wanda_score
 from lib.models import find_decoder_layers, find_linears, input_device
 from lib.offload import LayerStore
 from lib.registry import Method, find_method
@@ -369,7 +370,7 @@ def outlier_ratios(model: nn.Module, layers: nn.ModuleList, calib_ids: torch.Ten
     if layer_ratios.uses_method_score(config):
         collectors, score = method.collectors, method.score
     else:
-        collectors, score, context = (WrappedGPT,), wanda_score, {}
+        collectors, score, context = (InputSquares,), wanda_score, {}
     ratios = []
     for i, layer, inps, kwargs in layer_walk(model, layers, calib_ids, bool(collectors), batch, store, False,
                                              "OWL outlier ratios"):

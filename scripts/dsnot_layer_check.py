@@ -32,10 +32,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from lib.config import PruneConfig  # noqa: E402
 from lib.data import calibration_windows, load_calibration_texts, resolve_data_dir  # noqa: E402
 from lib.methods import find_method  # noqa: E402
-from lib.methods.wanda import WrappedGPT, wanda_score  # noqa: E402
+from lib.collectors import InputSquares
+from lib.methods.wanda import wanda_score  # noqa: E402
 from lib.models import find_decoder_layers, find_linears, load_model  # noqa: E402
 from lib.prune import calib_batch_size, calibrate, compress, layer_walk  # noqa: E402
-from lib.refine import DSnoTCollector, dsnot, skipped  # noqa: E402
+from lib.refine import InputMeanVariance, dsnot, skipped  # noqa: E402
 from lib.sparsity import make_mask  # noqa: E402
 from test_beyond_wanda import upstream_dsnot, upstream_stats  # noqa: E402
 
@@ -88,7 +89,7 @@ def main() -> None:
                                     args.nsamples, args.seed, args.seqlen)
     layers = find_decoder_layers(model)
     batch = calib_batch_size(config, args.seqlen)
-    collectors = (WrappedGPT, DSnoTCollector)
+    collectors = (InputSquares, InputMeanVariance)
     n, m = config.prune_n, config.prune_m
     scaled = 0.1 * args.seqlen / 2048
     variants = [("same_sign off, thr 0.1 (default)", False, 0.1), ("same_sign on,  thr 0.1", True, 0.1),

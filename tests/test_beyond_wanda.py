@@ -17,11 +17,12 @@ from lib.layer_ratios import MAX_LAYER_RATIO, outlier_ratio, owl_ratios
 from lib.methods import METHODS, find_method
 from lib.methods.ria import relative_importance, ria_score
 from lib.methods.selectivity import spiky_factor
-from lib.methods.wanda import WrappedGPT, wanda_score
+from lib.collectors import InputSquares
+from lib.methods.wanda import wanda_score
 from lib.models import find_decoder_layers, find_linears
 from lib.permute import fold_mlp, reallocation_index
 from lib.prune import outlier_ratios
-from lib.refine import DSnoTCollector, dsnot
+from lib.refine import InputMeanVariance, dsnot
 from lib.sparsity import make_mask
 
 # ---------------------------------------------------------------- OWL
@@ -271,7 +272,7 @@ def dsnot_layer(seed: int = 0, rows: int = 8, cols: int = 512):
 
 def ours_stats(X: torch.Tensor, batches=((0, 4),)) -> dict[str, torch.Tensor]:
     config = PruneConfig()
-    collectors = [WrappedGPT(X.shape[-1], config), DSnoTCollector(X.shape[-1], config)]
+    collectors = [InputSquares(X.shape[-1], config), InputMeanVariance(X.shape[-1], config)]
     for a, b in batches:
         for c in collectors:
             c.add_batch(X[a:b])

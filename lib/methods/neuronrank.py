@@ -54,7 +54,7 @@ def prepare_classes(calib_ids: torch.Tensor, config: PruneConfig) -> dict:
     return {"class_ids": class_ids}
 
 
-class NeuronRankCollector(Collector):
+class InputClassMoments(Collector):
     """Per input channel: token sums, per-sequence mean sums, and per-class sums (float64), divided in finalize.
 
     Memory is (4 + 2K) x in_features float64 plus K counts, whatever the token count, allocated lazily on the
@@ -110,7 +110,7 @@ class NeuronRankCollector(Collector):
     def finalize(self) -> dict[str, torch.Tensor]:
         """scaler_row, nr_mean, nr_var, nr_sample_mean_var, nr_between, nr_within, nr_fisher [in]; nr_class_tokens []."""
         if self.sums is None:
-            raise RuntimeError("NeuronRankCollector.finalize() before any add_batch()")
+            raise RuntimeError("InputClassMoments.finalize() before any add_batch()")
         totals = self.sums
         ntokens, nsamples = max(self.ntokens, 1), max(self.nsamples, 1)
         mean = totals["sum_x"] / ntokens
@@ -180,6 +180,6 @@ for _name, _factor, _needs_classes, _what in [
         ("neuronrank", variance_factor, False, "activation variance + class-mean variance"),
         ("neuronrank_fisher", fisher_factor, True, "Fisher ratio between/within token classes")]:
     _score = partial(neuronrank_score, factor=_factor)
-    register(Method(_name, (NeuronRankCollector,), score=_score, **neuron_pruner(_score), prepare=prepare_classes,
+    register(Method(_name, (InputClassMoments,), score=_score, **neuron_pruner(_score), prepare=prepare_classes,
                     supports_variant=True, check=partial(check_neuronrank, needs_classes=_needs_classes),
                     summarize=summarize_neuronrank, help=f"Wanda x ({_what}); --nr_granularity weight or neuron"))

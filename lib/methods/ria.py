@@ -12,7 +12,7 @@ import torch
 
 from lib.config import PruneConfig
 from lib.methods.selectivity import register_selective
-from lib.methods.wanda import WrappedGPT
+from lib.collectors import InputSquares
 from lib.registry import Method, register
 
 
@@ -36,6 +36,6 @@ def ria_group(config: PruneConfig) -> str:
     return config.ria_group
 
 
-register(Method("ria", (WrappedGPT,), score=ria_score, group=ria_group,
+register(Method("ria", (InputSquares,), score=ria_score, group=ria_group,
                 help="(|W|/column sum + |W|/row sum) * ||X||^a, compared per layer (--ria_group)"))
 register_selective("ria", ria_score, "RIA", lambda weighted: {"group": ria_group})

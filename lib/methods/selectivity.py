@@ -2,7 +2,7 @@
 
 S_ij = |W_ij| * ||X_j||_2 * IDF_j ** sel_idf_exp * R_j ** sel_spiky_exp, with IDF (how rarely input channel j is
 active, borrowed from text retrieval) and R (how much larger its top activations are than its mean) from the
-same single calibration pass as Wanda's norm (`WrappedGPTSelectivity`). Exponent 0 gives Wanda exactly.
+same single calibration pass as Wanda's norm (`InputAbsHistogram`). Exponent 0 gives Wanda exactly.
 
 The factor functions take any stats dict holding active_rate / top_mean / mean_abs of shape [in] and return
 [in], so they apply at other granularities (e.g. neurons) unchanged.
@@ -16,7 +16,8 @@ import torch
 
 from lib.collectors import samples_and_rows
 from lib.config import PruneConfig
-from lib.methods.wanda import WrappedGPT, wanda_score
+from lib.collectors import InputSquares
+from lib.methods.wanda import wanda_score
 from lib.registry import Method, Score, register
 from lib.structured import neuron_pruner
 
@@ -94,7 +95,7 @@ class Scratch:
         return self.buffer[:numel].view(shape)
 
 
-class WrappedGPTSelectivity(WrappedGPT):
+class InputAbsHistogram(InputSquares):
     """Wanda's scaler_row plus the selectivity statistics of SELECTIVITY.md, from per-channel histograms of |x|.
 
     State per input channel: N_BINS exact counts, and the exact Σ|x|, Σx² and max|x|: 485 numbers, whatever
@@ -139,7 +140,7 @@ class WrappedGPTSelectivity(WrappedGPT):
     def finalize(self) -> dict[str, torch.Tensor]:
         stats = super().finalize()
         if self.counts is None or self.ntokens == 0:
-            raise RuntimeError("WrappedGPTSelectivity.finalize() before any add_batch()")
+            raise RuntimeError("InputAbsHistogram.finalize() before any add_batch()")
         stats.update(selectivity_from_histogram(self.counts.view(self.in_features, N_BINS), self.sum_abs,
                                                 self.max_abs, self.ntokens, self.config.sel_tau_percentile,
                                                 self.config.sel_top_quantile))
@@ -241,10 +242,10 @@ def times_factor(score: Score, factor: Callable[[dict, PruneConfig], torch.Tenso
 def register_selective(base: str, score: Score, describe: str,
                        fields: Callable[[Score], dict] = lambda weighted: {}) -> None:
     """Register {base}_idf, {base}_spiky, {base}_select: `score` times each factor of FACTORS, statistics from one
-    WrappedGPTSelectivity pass; fields(weighted score) gives extra Method fields (e.g. neuron granularity)."""
+    InputAbsHistogram pass; fields(weighted score) gives extra Method fields (e.g. neuron granularity)."""
     for suffix, (factor, what) in FACTORS.items():
         weighted = times_factor(score, factor)
-        register(Method(f"{base}_{suffix}", (WrappedGPTSelectivity,), score=weighted, summarize=summarize,
+        register(Method(f"{base}_{suffix}", (InputAbsHistogram,), score=weighted, summarize=summarize,
                         prepare=lambda calib_ids, config: {"scratch": Scratch()}, help=f"{describe} * {what}",
                         **fields(weighted)))
 

@@ -11,36 +11,11 @@ from typing import Callable
 
 import torch
 
-from lib.collectors import Collector, samples_and_rows
+from lib.collectors import InputHessian
 from lib.config import ConfigError, PruneConfig
 from lib.registry import Method, register
 from lib.sparsity import make_mask
 
-
-
-class HessianCollector(Collector):
-    """SparseGPT's layer Hessian H [in, in] = 2 X X^T / (number of calibration sequences)."""
-
-    def __init__(self, in_features: int, config: PruneConfig) -> None:
-        super().__init__(in_features, config)
-        # Allocated by the first batch on the activations' device: linears that alias another's input (k, v,
-        # up) never get one, and a layer on the GPU keeps its Hessian there.
-        self.xxt: torch.Tensor | None = None
-        self.nsamples = 0
-
-    def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
-        samples, rows = samples_and_rows(x)
-        if self.xxt is None:
-            self.xxt = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=rows.device)
-        self.xxt.addmm_(rows.t(), rows)
-        self.nsamples += samples
-
-    def finalize(self) -> dict[str, torch.Tensor]:
-        """{'hessian': H [in, in]}, scaled in place: the collector is done with its sums."""
-        if self.xxt is None:
-            raise RuntimeError("HessianCollector.finalize() before any add_batch()")
-        hessian, self.xxt = self.xxt, None
-        return {"hessian": hessian.mul_(2.0 / max(self.nsamples, 1))}
 
 
 # (W columns [out, c], diag of H^-1 for them [c], first column index) -> scores [out, c], low = pruned.
@@ -127,5 +102,5 @@ def check_blocksize(config: PruneConfig) -> None:
         raise ConfigError(f"blocksize {config.blocksize} must be a multiple of M={config.prune_m} "
                           f"for {config.sparsity_type}")
 
-register(Method("sparsegpt", (HessianCollector,), update=sparsegpt_update, check=check_blocksize,
+register(Method("sparsegpt", (InputHessian,), update=sparsegpt_update, check=check_blocksize,
                 help="OBS reconstruction, mask chosen per 128-column block"))

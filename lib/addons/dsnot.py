@@ -26,7 +26,7 @@ VAR_FLOOR_REL = 1e-12
 VAR_FLOOR_ABS = 1e-30
 
 
-class DSnoTCollector(Collector):
+class InputMeanVariance(Collector):
     """Per input channel: sum of x and of per-sequence population variances (float64), and the sequence count.
 
     Publishes dsnot_sum_x [in] = sum_t x_tj / n_seq (T * E[x_j]) and dsnot_var [in] = the mean over sequences of
@@ -52,14 +52,14 @@ class DSnoTCollector(Collector):
 
     def finalize(self) -> dict[str, torch.Tensor]:
         if self.sum_x is None:
-            raise RuntimeError("DSnoTCollector.finalize() before any add_batch()")
+            raise RuntimeError("InputMeanVariance.finalize() before any add_batch()")
         n = max(self.nsamples, 1)
         return {"dsnot_sum_x": (self.sum_x / n).float(), "dsnot_var": (self.sum_var / n).float()}
 
 
 def collectors(config: PruneConfig) -> tuple[type[Collector], ...]:
     """The collectors the configured refinement adds to the method's."""
-    return (DSnoTCollector,) if config.refine == "dsnot" else ()
+    return (InputMeanVariance,) if config.refine == "dsnot" else ()
 
 
 def skipped(linears: dict[str, nn.Linear], config: PruneConfig) -> set[str]:
@@ -84,7 +84,7 @@ def dsnot(W: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, sum_x: torc
           cycles: int, threshold: float, same_sign: bool = False, prune_m: int = 0) -> tuple[torch.Tensor, int]:
     """Refine mask [out, in] (True = pruned) of W [out, in] -> (new mask, swaps made); every row keeps its count.
 
-    scores [out, in] rank kept weights (low = pruned first); sum_x, var [in] from DSnoTCollector. prune_m > 0: a
+    scores [out, in] rank kept weights (low = pruned first); sum_x, var [in] from InputMeanVariance. prune_m > 0: a
     regrown weight's partner is the lowest-score kept weight of its own group of prune_m columns, and the swap
     needs e's sign unchanged (always, as upstream); else `same_sign` decides.
     """
