@@ -28,15 +28,16 @@ import torch
 from lib.checks import check_finite_weights, check_model_target, check_output_dir, json_safe, locate_non_finite
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, PruneConfig, RunConfig
+from lib.errors import RunError
 from lib.data import c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
     wikitext2_file, wikitext2_ids
 from lib.eval import eval_ppl
-from lib.methods import METHODS, Method, find_method
+from lib.plugins import ADDONS, METHODS, Method, find_method, selector_choices
 from lib.models import find_decoder_layers, find_linears, load_config, load_tokenizer, \
     max_sequence_length, resolve_model
 from lib.offload import LayerStore, load_with_store
 from lib.protocols import PROTOCOLS, protocol_settings
-from lib.prune import check_widths, needs_calibration, prune_model
+from lib.prune import check_layers, needs_calibration, prune_model
 from lib.runinfo import git_commit, peak_rss_mb, save_model_atomic, versions, write_atomic
 from lib.sparsity import check_sparsity
 
@@ -44,14 +45,20 @@ from lib.sparsity import check_sparsity
 PROGRESS = Progress()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every flag comes from a RunConfig or PruneConfig field; the methods are listed after the flags."""
-    width = max(map(len, METHODS))
+def registry_help() -> str:
+    """The methods and the add-ons, one line each, for the end of --help."""
+    width = max(map(len, [*METHODS, *ADDONS]))
     methods = "\n".join(f"  {name:<{width}}  {METHODS[name].help}" for name in sorted(METHODS))
-    p = OneLineParser(description=__doc__, epilog=f"methods (--prune_method):\n{methods}",
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    addons = "\n".join(f"  {name:<{width}}  {cls.help} (--{cls.selector}{'' if cls.off is False else ' ' + name})"
+                       for name, cls in sorted(ADDONS.items()))
+    return f"methods (--prune_method):\n{methods}\n\nadd-ons (compose with the score methods):\n{addons}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag comes from a RunConfig or PruneConfig field; the methods and add-ons are listed after them."""
+    p = OneLineParser(description=__doc__, epilog=registry_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings(p, RunConfig)
-    add_settings(p, PruneConfig)
+    add_settings(p, PruneConfig, choices=selector_choices())
     return p
 
 
@@ -81,9 +88,9 @@ def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = 
     return requested
 
 
-def check_structure(model_config, config: PruneConfig) -> None:
-    """Build the model on the meta device (no weights, no memory): decoder layers found, widths fit N:M and
-    --blocksize."""
+def check_structure(model_config, method: Method, config: PruneConfig) -> None:
+    """Build the model on the meta device (no weights, no memory): decoder layers found, widths fit N:M and the
+    method's settings."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -93,15 +100,7 @@ def check_structure(model_config, config: PruneConfig) -> None:
     except (ValueError, KeyError, TypeError) as err:  # a config no causal-LM class accepts
         raise ConfigError(f"model type '{getattr(model_config, 'model_type', '?')}' is not a causal LM that "
                           f"transformers can build ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-    layers = find_decoder_layers(skeleton)
-    check_widths(layers, config)
-    name, widest = max(((n, lin.in_features) for n, lin in find_linears(layers[0]).items()), key=lambda x: x[1])
-    default = PruneConfig.__dataclass_fields__["blocksize"].default
-    # A block wider than the widest linear is the whole matrix: any larger value is a typo, and values in the
-    # millions allocate [out, blocksize] buffers. The default stays valid on models narrower than it.
-    if config.blocksize > max(widest, default):
-        raise ConfigError(f"blocksize {config.blocksize} exceeds the widest linear ('{name}', {widest} input "
-                          f"columns); use --blocksize <= {max(widest, default)}")
+    check_layers(find_decoder_layers(skeleton), method, config)
 
 
 def plan_zero_shot(run_cfg: RunConfig, data_dir: Path | None):
@@ -153,7 +152,7 @@ def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
     data_dir = resolve_data_dir(run_cfg.data_dir)
     model_config = load_config(run_cfg.model, run_cfg.cache_dir)
     seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config), run_cfg.seqlen_max)
-    check_structure(model_config, config)
+    check_structure(model_config, method, config)
     tasks, task_plan = plan_zero_shot(run_cfg, data_dir) if run_cfg.eval_zero_shot else (None, None)
     # Read and count the data before paying for the model, so a missing or damaged file fails in seconds.
     eval_rows = load_wikitext2_rows(run_cfg.eval_split, data_dir)
@@ -221,7 +220,7 @@ def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: st
         ppl = eval_ppl(model, plan.test_ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size)
         if math.isnan(ppl):
             locate_non_finite(model, find_decoder_layers(model), plan.test_ids[:, :plan.seqlen])
-            raise ConfigError(f"{which} perplexity is NaN although every linear's output is finite on the first "
+            raise RunError(f"{which} perplexity is NaN although every linear's output is finite on the first "
                               "window; try --dtype float32")
     seconds[f"eval_{which}"] = time.time() - t
     print(f"{which} perplexity (wikitext2 {run_cfg.eval_split}): {ppl:.4f}")
@@ -252,14 +251,9 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
 
     PROGRESS.phase = "pruning"
     t = time.time()
-    try:
-        report = prune_model(model, plan.calib_ids, config, record_stats=run_cfg.save_stats, store=store)
-    except torch.linalg.LinAlgError as err:  # SparseGPT's Cholesky on a Hessian that damping did not fix
-        raise ConfigError(f"{config.prune_method}: the Hessian is not positive definite even with percdamp "
-                          f"{config.percdamp} ({str(err).splitlines()[0][:80]}); raise --percdamp or --nsamples") \
-            from None
+    report = prune_model(model, plan.calib_ids, config, record_stats=run_cfg.save_stats, store=store)
     seconds["prune"] = time.time() - t
-    if config.shrink or store.mode == "disk":
+    if report.shrunk or store.mode == "disk":
         # Dropped neurons are gone from the weights (and layers on disk are not in memory): the driver counted
         # each layer's zeros right after pruning it, against its original size.
         sparsity, per_layer = report.sparsity, report.layer_sparsity
@@ -289,13 +283,7 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
                                                   plan.data_dir, plan.task_plan)
         seconds["zero_shot"] = time.time() - t
         print(format_zero_shot_table(results["zero_shot"]))
-    if config.layer_ratios != "uniform":
-        results.update(layer_ratios=report.layer_ratios, outlier_ratios=report.outlier_ratios)
-    if config.refine != "none":
-        results["refine_swaps"] = report.refine_swaps
-    if config.permute:
-        # W[:, index] of each linear here is N:M: a runtime gathers its input channels x[..., index] (RESULTS.md).
-        results.update(permutations=report.permutations, folded_permutations=report.folded_permutations)
+    results.update(report.results())
     if run_cfg.save_stats:
         results["layer_stats"] = report.layer_stats
     PROGRESS.phase = "save"
@@ -305,7 +293,8 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse argv, run, and return the exit status: 0 done, 2 one-line error, 130 interrupted (Ctrl-C)."""
+    """Parse argv, run, and return the exit status: 0 done, 2 bad input, 3 failed on the data or the model's
+    numbers (one line each; --debug adds the traceback), 130 interrupted (Ctrl-C)."""
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
     PROGRESS.phase, PROGRESS.written = "startup", []
@@ -315,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.set_defaults(**protocol_settings(args.protocol))  # flags on the command line still win
         args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return run_cli(lambda: run(settings_from(RunConfig, args), settings_from(PruneConfig, args)), PROGRESS)
+    return run_cli(lambda: run(settings_from(RunConfig, args), settings_from(PruneConfig, args)), PROGRESS,
+                   debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lib.config import ConfigError
+from lib.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 
-class NonFiniteError(ConfigError):
+class NonFiniteError(RunError):
     """A weight, activation or statistic is NaN or inf; the message names the layer and the linear."""
 
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
+import traceback
 import types
 import typing
 from typing import Any, Callable
 
-from lib.config import ConfigError
+from lib.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUN_FAILED, ConfigError, RunError
+
+# Set to 1 to print the full traceback (every cause) of an error, as --debug does.
+DEBUG_ENV = "WANDA_DEBUG"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,8 +43,10 @@ def _flag_type(hint: Any) -> type:
     return hint
 
 
-def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of the settings dataclass cls, in argument groups named by the fields' metadata."""
+def add_settings(parser: argparse.ArgumentParser, cls: type, choices: dict[str, tuple] | None = None) -> None:
+    """One flag per field of the settings dataclass cls, in argument groups named by the fields' metadata.
+
+    choices: {field: values} shown for fields whose values a registry holds (checked there, not here)."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
@@ -51,7 +58,8 @@ def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
             group.add_argument(*flags, dest=f.name, action="store_true", help=meta["help"])
         else:
             # Choices are checked by the dataclass (one message style for every bad value), shown here.
-            metavar = "{" + ",".join(meta["choices"]) + "}" if meta["choices"] else kind.__name__.upper()
+            shown = (choices or {}).get(f.name) or meta["choices"]
+            metavar = "{" + ",".join(shown) + "}" if shown else kind.__name__.upper()
             group.add_argument(*flags, dest=f.name, default=f.default, help=meta["help"], metavar=metavar,
                                type={float: finite_float, int: int, str: str}[kind])
 
@@ -74,15 +82,35 @@ class Progress:
         return f"interrupted during {self.phase}; {done}"
 
 
-def run_cli(main: Callable[[], Any], progress: Progress | None = None) -> int:
-    """Call main(); a ConfigError becomes one line on stderr and exit status 2, Ctrl-C one line and status 130."""
+def debugging(flag: bool = False) -> bool:
+    """True when the traceback is wanted: --debug, or $WANDA_DEBUG set to anything but '' or '0'."""
+    return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def print_error(err: BaseException, debug: bool) -> None:
+    """'error: <message>' on stderr; with debug, first the full traceback with every cause ('from None' too)."""
+    if debug:
+        cause: BaseException | None = err
+        while cause is not None:  # show the causes a one-line message hid with 'from None'
+            cause.__suppress_context__ = False
+            cause = cause.__cause__ or cause.__context__
+        traceback.print_exception(err)
+    print(f"error: {err}", file=sys.stderr)
+
+
+def run_cli(main: Callable[[], Any], progress: Progress | None = None, debug: bool = False) -> int:
+    """Call main(); a ConfigError becomes one line on stderr and exit status 2, a RunError (the data or the
+    model's numbers) one line and status 3, Ctrl-C one line and status 130. debug: the traceback as well."""
     try:
         main()
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print_error(err, debugging(debug))
+        return EXIT_BAD_INPUT
+    except RunError as err:
+        print_error(err, debugging(debug))
+        return EXIT_RUN_FAILED
     except KeyboardInterrupt:
         # 130 = 128 + SIGINT, what a shell reports for Ctrl-C: batch scripts test for it and stop.
         print(f"\n{(progress or Progress('run')).interrupted()}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0

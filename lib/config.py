@@ -14,16 +14,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lib.errors import ConfigError
 from lib.protocols import PROTOCOLS
 
 CALIB_DATASETS = ("c4", "wikitext2")
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
 OFFLOAD_MODES = ("auto", "none", "cpu", "disk")
 MAX_EXPONENT = 10
-
-
-class ConfigError(ValueError):
-    """Bad user input; the message is one line naming the value and what is accepted."""
 
 
 def setting(default: Any, help: str, *, group: str = "pruning", choices: tuple | None = None,
@@ -106,17 +103,16 @@ class PruneConfig:
     nr_exp: float = setting(1.0, "exponent gamma on the channel factor, in [-10, 10]", group="NeuronRank")
     shrink: bool = setting(False, "neuron granularity: physically drop pruned neurons", group="NeuronRank")
     # Add-ons that compose with the score methods (RESULTS.md): per-layer ratios, mask refinement, N:M permutation.
-    layer_ratios: str = setting("uniform", "per-layer sparsity: 'uniform' (default) or 'owl' (layers with more "
-                                           "outlier scores pruned less; one extra dense calibration pass)",
-                                group="OWL", choices=("owl", "uniform"))
+    layer_ratios: str = setting("uniform", "per-layer sparsity: 'uniform' (default) or a layer-ratio policy (the "
+                                           "add-ons listed at the end)", group="add-ons")
     owl_m: float = setting(5.0, "OWL: a score is an outlier above M times its layer's mean score (> 0)",
                            group="OWL")
     owl_lambda: float = setting(0.08, "OWL: layer ratios spread over 2 * lambda around the target, their mean "
                                       "the target (>= 0)", group="OWL")
     owl_score: str = setting("wanda", "OWL: outliers of Wanda's score |W| * ||X|| (default) or of the method's "
                                       "own score", group="OWL", choices=("method", "wanda"))
-    refine: str = setting("none", "mask refinement after the score method: 'none' (default) or 'dsnot'",
-                          group="DSnoT", choices=("dsnot", "none"))
+    refine: str = setting("none", "mask refinement after the score method: 'none' (default) or a mask refiner "
+                                  "(the add-ons listed at the end)", group="add-ons")
     dsnot_cycles: int = setting(50, "DSnoT: most prune-and-regrow swaps per output row (>= 0)", group="DSnoT")
     dsnot_threshold: float = setting(0.1, "DSnoT: a row stops once |reconstruction error| <= this (>= 0; in "
                                           "units of w * sum over a sequence's tokens of x, as upstream)",
@@ -130,7 +126,7 @@ class PruneConfig:
                                       "row (upstream --per_outneuron)", group="RIA", choices=("layer", "row"))
     permute: bool = setting(False, "N:M: reorder input channels before the mask so large scores spread over "
                                    "groups (RIA's channel reallocation; any score method); folded into the MLP",
-                            group="RIA")
+                            group="add-ons")
 
     def __post_init__(self) -> None:
         if self.sparsity_ratio is None:
@@ -172,7 +168,7 @@ class PruneConfig:
         check_choice(self, "nr_granularity")
         if self.neuronrank_max_classes < 0:
             raise ConfigError(f"neuronrank_max_classes {self.neuronrank_max_classes} must be >= 0")
-        for name in ("layer_ratios", "owl_score", "refine", "dsnot_skip", "ria_group"):
+        for name in ("owl_score", "dsnot_skip", "ria_group"):
             check_choice(self, name)
         if not self.owl_m > 0:
             raise ConfigError(f"owl_m {self.owl_m} must be > 0")
@@ -244,6 +240,8 @@ class RunConfig:
     save_model: str | None = setting(None, "folder for the pruned model (safetensors) and tokenizer",
                                      group="outputs")
     save_stats: bool = setting(False, "per-layer selection statistics in results.json", group="outputs")
+    debug: bool = setting(False, "on an error, print the full traceback before the one-line message (also: "
+                                 "environment variable WANDA_DEBUG=1)", group="outputs")
 
     def __post_init__(self) -> None:
         check_finite(self)

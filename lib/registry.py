@@ -49,6 +49,9 @@ class Method:
     supports_variant: bool = False
     # Optional: a function(config) raising ConfigError for settings this method cannot honour.
     check: Callable[[PruneConfig], None] | None = None
+    # Optional: a function(linears of the first decoder layer {name: nn.Linear}, config) raising ConfigError when
+    # the model's shapes do not fit this method's settings; run on the meta device before any weight loads.
+    check_layer: Callable[[dict, PruneConfig], None] | None = None
     # Optional: a function(stats, config) -> small JSON-able summary, recorded per linear with --save_stats.
     summarize: Callable[[dict, PruneConfig], dict] | None = None
     # Optional: a function(calib_ids [n, seqlen], config) -> dict, run once before the layer walk; its items are
@@ -236,6 +239,11 @@ def register_addon(addon: type[AddOn]) -> type[AddOn]:
 def addon_names(kind: type[AddOn]) -> list[str]:
     """The registered add-ons of one kind, sorted."""
     return sorted(name for name, cls in ADDONS.items() if issubclass(cls, kind))
+
+
+def selector_choices() -> dict[str, tuple]:
+    """{selector field: (off, every registered name)} of the kinds chosen by name, for --help."""
+    return {kind.selector: (kind.off, *addon_names(kind)) for kind in KINDS if not isinstance(kind.off, bool)}
 
 
 def check_selectors(config: PruneConfig) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from lib.collectors import Collector
 from lib.config import ConfigError, PruneConfig
-from lib.registry import ADDON_CHECKS, Method
+from lib.registry import LinearMask, MaskRefiner, Method, register_addon
 
 
 # Var(x_j) floor relative to the layer's mean variance: a constant channel (var 0) would make upstream's
@@ -55,11 +55,6 @@ class InputMeanVariance(Collector):
             raise RuntimeError("InputMeanVariance.finalize() before any add_batch()")
         n = max(self.nsamples, 1)
         return {"dsnot_sum_x": (self.sum_x / n).float(), "dsnot_var": (self.sum_var / n).float()}
-
-
-def collectors(config: PruneConfig) -> tuple[type[Collector], ...]:
-    """The collectors the configured refinement adds to the method's."""
-    return (InputMeanVariance,) if config.refine == "dsnot" else ()
 
 
 def skipped(linears: dict[str, nn.Linear], config: PruneConfig) -> set[str]:
@@ -147,17 +142,43 @@ def dsnot(W: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, sum_x: torc
     return mask, swaps
 
 
-def check(method: Method, config: PruneConfig) -> None:
-    """Combinations DSnoT cannot honour, one line each (called where the method is looked up)."""
-    if config.refine != "dsnot":
-        return
-    if method.prunes_layer(config):
-        raise ConfigError(f"--refine dsnot swaps single weights; '{method.name}' with --nr_granularity "
-                          f"{config.nr_granularity} removes whole neurons")
-    if method.score is None:
-        raise ConfigError(f"--refine dsnot refines a score method's mask before any reconstruction, and "
-                          f"'{method.name}' reconstructs the weights (its zeros are not a mask to swap); use a "
-                          f"score method such as wanda")
+@register_addon
+class DSnoT(MaskRefiner):
+    """--refine dsnot: prune-and-regrow swaps on each linear's mask; results: refine_swaps (per layer)."""
 
+    name = "dsnot"
+    help = "prune-and-regrow swaps lowering each row's reconstruction error (DSnoT)"
+    collectors = (InputMeanVariance,)
 
-ADDON_CHECKS.append(check)
+    def __init__(self, config: PruneConfig) -> None:
+        super().__init__(config)
+        self.swaps: list[int] = []
+        self.skip: set[str] = set()
+
+    def check(self, method: Method) -> None:
+        """Combinations DSnoT cannot honour, one line each."""
+        if method.prunes_layer(self.config):
+            raise ConfigError(f"--refine dsnot swaps single weights; '{method.name}' with --nr_granularity "
+                              f"{self.config.nr_granularity} removes whole neurons")
+        if method.score is None:
+            raise ConfigError(f"--refine dsnot refines a score method's mask before any reconstruction, and "
+                              f"'{method.name}' reconstructs the weights (its zeros are not a mask to swap); use a "
+                              f"score method such as wanda")
+
+    def start_layer(self, index: int, linears: dict[str, nn.Linear]) -> None:
+        self.skip = skipped(linears, self.config)
+        self.swaps.append(0)
+
+    def refine(self, item: LinearMask) -> torch.Tensor:
+        """DSnoT on one linear's mask (unless --dsnot_skip leaves it), in the mask's column order."""
+        if item.name in self.skip:
+            return item.mask
+        config = self.config
+        mask, swaps = dsnot(item.ordered(item.weight), item.scores, item.mask, item.ordered(item.stats["dsnot_sum_x"]),
+                            item.ordered(item.stats["dsnot_var"]), config.dsnot_cycles, config.dsnot_threshold,
+                            config.dsnot_same_sign, config.prune_m)
+        self.swaps[-1] += swaps
+        return mask
+
+    def results(self) -> dict:
+        return {"refine_swaps": self.swaps}

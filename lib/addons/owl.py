@@ -3,8 +3,8 @@
 D_l = fraction of layer l's scores (every linear of the layer together) above owl_m times their mean; the D_l
 are min-max scaled to a spread of 2 * owl_lambda and shifted so that their mean is the target sparsity, layers
 with more outliers being pruned less. The scores are Wanda's |W| * ||X|| (--owl_score wanda, the paper's) or the
-method's own. The driver gets every layer's D_l from one extra dense calibration walk before pruning the first
-layer (`lib.prune.outlier_ratios`); this module holds the arithmetic and the checks.
+method's own. D_l come from one extra dense calibration walk before pruning the first layer (the driver's
+DenseWalk: every layer's inputs from the dense layers before it, upstream OWL's extra pass).
 """
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from typing import Callable, Iterator
 
 import torch
 
+from lib.collectors import InputSquares
 from lib.config import ConfigError, PruneConfig
-from lib.registry import ADDON_CHECKS, Method
+from lib.methods.wanda import wanda_score
+from lib.registry import DenseWalk, LayerRatioPolicy, Method, register_addon
 
 
 logger = logging.getLogger(__name__)
@@ -71,20 +73,51 @@ def uses_method_score(config: PruneConfig) -> bool:
     return config.owl_score == "method"
 
 
-def check(method: Method, config: PruneConfig) -> None:
-    """Combinations OWL cannot honour, one line each (called where the method is looked up)."""
-    if config.layer_ratios != "owl":
-        return
-    if config.prune_n:
-        raise ConfigError(f"--layer_ratios owl gives each layer its own sparsity, but sparsity_type "
-                          f"{config.sparsity_type} fixes every layer at {config.prune_n}/{config.prune_m}; use "
-                          f"--sparsity_type unstructured (upstream OWL also applies N:M uniformly)")
-    if method.prunes_layer(config):
-        raise ConfigError(f"--layer_ratios owl sets weight sparsity per layer; '{method.name}' with "
-                          f"--nr_granularity {config.nr_granularity} removes whole neurons")
-    if uses_method_score(config) and method.score is None:
-        raise ConfigError(f"--owl_score method needs a per-weight score, and '{method.name}' reconstructs "
-                          f"weights without one; use --owl_score wanda")
+@register_addon
+class OWL(LayerRatioPolicy):
+    """--layer_ratios owl: layers with more outlier scores pruned less; results: layer_ratios, outlier_ratios."""
 
+    name = "owl"
+    help = "layers with more outlier scores pruned less (one extra dense calibration pass)"
 
-ADDON_CHECKS.append(check)
+    def __init__(self, config: PruneConfig) -> None:
+        super().__init__(config)
+        self.layer_ratios: list[float] = []
+        self.outlier_ratios: list[float] = []
+
+    def check(self, method: Method) -> None:
+        """Combinations OWL cannot honour, one line each."""
+        config = self.config
+        if config.prune_n:
+            raise ConfigError(f"--layer_ratios owl gives each layer its own sparsity, but sparsity_type "
+                              f"{config.sparsity_type} fixes every layer at {config.prune_n}/{config.prune_m}; use "
+                              f"--sparsity_type unstructured (upstream OWL also applies N:M uniformly)")
+        if method.prunes_layer(config):
+            raise ConfigError(f"--layer_ratios owl sets weight sparsity per layer; '{method.name}' with "
+                              f"--nr_granularity {config.nr_granularity} removes whole neurons")
+        if uses_method_score(config) and method.score is None:
+            raise ConfigError(f"--owl_score method needs a per-weight score, and '{method.name}' reconstructs "
+                              f"weights without one; use --owl_score wanda")
+
+    def needs_calibration(self, method: Method) -> bool:
+        return not uses_method_score(self.config) or bool(method.collectors)
+
+    def ratios(self, walk: DenseWalk, method: Method, context: dict, layers: int) -> list[float]:
+        """D_l of every layer from the dense walk, then OWL's ratios (logged)."""
+        config = self.config
+        if uses_method_score(config):
+            collectors, score = method.collectors, method.score
+        else:
+            collectors, score, context = (InputSquares,), wanda_score, {}
+        self.outlier_ratios = [
+            outlier_ratio(lambda: (score(lin.weight.data.float(), stats[name], config)
+                                   for name, lin in linears.items()), config.owl_m)
+            for linears, stats in walk(collectors, context, "OWL outlier ratios")]
+        self.layer_ratios = owl_ratios(self.outlier_ratios, config.sparsity_ratio, config.owl_lambda)
+        logger.info("OWL: outlier ratios %s -> layer sparsities %s (mean %.6f)",
+                    [round(d, 6) for d in self.outlier_ratios], [round(r, 6) for r in self.layer_ratios],
+                    sum(self.layer_ratios) / len(self.layer_ratios))
+        return self.layer_ratios
+
+    def results(self) -> dict:
+        return {"layer_ratios": self.layer_ratios, "outlier_ratios": self.outlier_ratios}

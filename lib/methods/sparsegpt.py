@@ -13,6 +13,7 @@ import torch
 
 from lib.collectors import InputHessian
 from lib.config import ConfigError, PruneConfig
+from lib.errors import RunError
 from lib.registry import Method, register
 from lib.sparsity import make_mask
 
@@ -40,7 +41,11 @@ def inverse_hessian_factor(stats: dict, percdamp: float) -> tuple[torch.Tensor, 
         H[dead, dead] = 1
         damp = percdamp * torch.mean(torch.diag(H))
         H.diagonal().add_(damp)
-        lower = torch.linalg.cholesky(H)
+        try:
+            lower = torch.linalg.cholesky(H)
+        except torch.linalg.LinAlgError as err:
+            raise RunError(f"SparseGPT: a layer's Hessian is not positive definite even with percdamp {percdamp} "
+                           f"({str(err).splitlines()[0][:80]}); raise --percdamp or --nsamples") from err
         del H
         inverse = torch.cholesky_inverse(lower)
         del lower
@@ -102,5 +107,16 @@ def check_blocksize(config: PruneConfig) -> None:
         raise ConfigError(f"blocksize {config.blocksize} must be a multiple of M={config.prune_m} "
                           f"for {config.sparsity_type}")
 
+def check_blocksize_fits(linears: dict, config: PruneConfig) -> None:
+    """--blocksize no wider than the widest linear (or the default): a larger value is a typo, and values in the
+    millions allocate [out, blocksize] buffers. linears: the first decoder layer's (on the meta device)."""
+    name, widest = max(((n, lin.in_features) for n, lin in linears.items()), key=lambda x: x[1])
+    default = PruneConfig.__dataclass_fields__["blocksize"].default
+    if config.blocksize > max(widest, default):
+        raise ConfigError(f"blocksize {config.blocksize} exceeds the widest linear ('{name}', {widest} input "
+                          f"columns); use --blocksize <= {max(widest, default)}")
+
+
 register(Method("sparsegpt", (InputHessian,), update=sparsegpt_update, check=check_blocksize,
+                check_layer=check_blocksize_fits,
                 help="OBS reconstruction, mask chosen per 128-column block"))

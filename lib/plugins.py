@@ -1,0 +1,7 @@
+"""Every plug-in registered: importing this module imports the method families (`lib.methods`) and the add-ons
+(`lib.addons`), each of which registers itself in `lib.registry`. Entry points and the driver import this."""
+import lib.addons  # noqa: F401
+import lib.methods  # noqa: F401
+from lib.registry import ADDONS, METHODS, Method, find_method, selected_addons, selector_choices
+
+__all__ = ["ADDONS", "METHODS", "Method", "find_method", "selected_addons", "selector_choices"]
