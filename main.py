@@ -33,7 +33,7 @@ from lib.data import c4_file, calibration_windows, load_calibration_texts, load_
     wikitext2_file, wikitext2_ids
 from lib.eval import eval_ppl
 from lib.plugins import ADDONS, METHODS, Method, find_method, selector_choices
-from lib.models import find_decoder_layers, find_linears, load_config, load_tokenizer, \
+from lib.models import find_decoder_layers, load_config, load_tokenizer, \
     max_sequence_length, resolve_model
 from lib.offload import LayerStore, load_with_store
 from lib.protocols import PROTOCOLS, protocol_settings

@@ -21,7 +21,7 @@ Add-on modules live in `lib/addons/`, registering themselves with `register_addo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from lib.config import ConfigError, PruneConfig, suggest

@@ -19,15 +19,15 @@ from pathlib import Path
 import torch
 
 import main
-from lib import layer_ratios
+from lib.addons import owl
 from run_beyond_wanda import PROTOCOL, REPO
 
 
-OWL_RATIOS = layer_ratios.owl_ratios  # the real one, kept before any patch (patches must not stack over seeds)
+OWL_RATIOS = owl.owl_ratios  # the real one, kept before any patch (patches must not stack over seeds)
 
 
 def patched(control: str, seed: int):
-    """layer_ratios.owl_ratios, then shuffled or reversed."""
+    """owl.owl_ratios, then shuffled or reversed."""
     def owl_ratios(outlier_ratios, target, owl_lambda):
         ratios = OWL_RATIOS(outlier_ratios, target, owl_lambda)
         if control == "reversed":
@@ -50,7 +50,7 @@ def main_cli() -> int:
         out = args.results_dir / f"u{args.ratio[2]}0_wanda_owl_{args.control}" / f"seed{seed}"
         if (out / "results.json").exists():
             continue
-        layer_ratios.owl_ratios = patched(args.control, seed)
+        owl.owl_ratios = patched(args.control, seed)
         argv = ["--model", args.model, *PROTOCOL, "--prune_method", "wanda", "--sparsity_ratio", args.ratio,
                 "--layer_ratios", "owl", "--seed", str(seed), "--save", str(out)]
         sys.argv = ["owl_control.py", "--control", args.control, *argv]

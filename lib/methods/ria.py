@@ -4,7 +4,7 @@ S_ij = (|W_ij| / sum_k |W_kj| + |W_ij| / sum_k |W_ik|) * ||X_j||_2 ** a  (a = ri
 of its input channel's column plus its share of its output row, times the activation norm. Compared over the
 whole layer (--ria_group layer, upstream's default) or per output row (upstream's --per_outneuron). The
 selectivity variants multiply S by the selectivity factors of lib/methods/selectivity.py. Channel permutation
-for N:M (upstream's --reallocation) is --permute, for any score (lib/permute.py).
+for N:M (upstream's --reallocation) is --permute, for any score (lib/addons/permute.py).
 """
 from __future__ import annotations
 
