@@ -29,7 +29,7 @@ from lib.checks import check_finite_weights, check_model_target, check_output_di
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, PruneConfig, RunConfig
 from lib.errors import RunError
-from lib.data import c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
+from lib.data import DataError, c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
     wikitext2_file, wikitext2_ids
 from lib.eval import eval_ppl
 from lib.plugins import ADDONS, METHODS, Method, find_method, selector_choices
@@ -88,9 +88,9 @@ def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = 
     return requested
 
 
-def check_structure(model_config, method: Method, config: PruneConfig) -> None:
+def check_structure(model_config, config: PruneConfig) -> None:
     """Build the model on the meta device (no weights, no memory): decoder layers found, widths fit N:M and the
-    method's settings."""
+    settings' limits."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -100,7 +100,7 @@ def check_structure(model_config, method: Method, config: PruneConfig) -> None:
     except (ValueError, KeyError, TypeError) as err:  # a config no causal-LM class accepts
         raise ConfigError(f"model type '{getattr(model_config, 'model_type', '?')}' is not a causal LM that "
                           f"transformers can build ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-    check_layers(find_decoder_layers(skeleton), method, config)
+    check_layers(find_decoder_layers(skeleton), config)
 
 
 def plan_zero_shot(run_cfg: RunConfig, data_dir: Path | None):
@@ -136,8 +136,8 @@ def count_eval_windows(run_cfg: RunConfig, test_ids: torch.Tensor, seqlen: int, 
     """The evaluation text must hold one window of seqlen tokens, and --eval_limit no more than it holds."""
     windows = test_ids.numel() // seqlen
     if windows == 0:
-        raise ConfigError(f"WikiText-2 {run_cfg.eval_split} ({source}) has {test_ids.numel()} tokens, fewer than one "
-                          f"evaluation window of seqlen {seqlen}; lower --seqlen or replace the file")
+        raise DataError(f"WikiText-2 {run_cfg.eval_split} ({source}) has {test_ids.numel()} tokens, fewer than one "
+                        f"evaluation window of seqlen {seqlen}; lower --seqlen or replace the file")
     if run_cfg.eval_limit is not None and run_cfg.eval_limit > windows:
         raise ConfigError(f"eval_limit {run_cfg.eval_limit} exceeds the {windows} windows of {seqlen} tokens in "
                           f"WikiText-2 {run_cfg.eval_split} ({source}); use --eval_limit <= {windows} or omit it")
@@ -152,7 +152,7 @@ def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
     data_dir = resolve_data_dir(run_cfg.data_dir)
     model_config = load_config(run_cfg.model, run_cfg.cache_dir)
     seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config), run_cfg.seqlen_max)
-    check_structure(model_config, method, config)
+    check_structure(model_config, config)
     tasks, task_plan = plan_zero_shot(run_cfg, data_dir) if run_cfg.eval_zero_shot else (None, None)
     # Read and count the data before paying for the model, so a missing or damaged file fails in seconds.
     eval_rows = load_wikitext2_rows(run_cfg.eval_split, data_dir)

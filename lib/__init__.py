@@ -5,12 +5,14 @@ Notebook use (no CLI):
     report = prune_model(model, calib_ids, PruneConfig(prune_method="wanda", sparsity_ratio=0.5))
 """
 from lib.config import ConfigError, PruneConfig
+# Every method and add-on registered, with its settings section, before any PruneConfig is built.
+import lib.plugins  # noqa: F401,E402  (isort: skip)
 
 __all__ = ["ConfigError", "PruneConfig", "prune_model"]
 
 
 def __getattr__(name: str):
-    # prune_model on first use, so that `import lib.config` (the CLI's checks, scripts) does not load torch.
+    # prune_model on first use: the driver imports the model helpers (transformers), which a config does not need.
     if name == "prune_model":
         from lib.prune import prune_model
 

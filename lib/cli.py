@@ -15,6 +15,7 @@ import types
 import typing
 from typing import Any, Callable
 
+from lib.config import all_fields, bounds_text
 from lib.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUN_FAILED, ConfigError, RunError
 
 # Set to 1 to print the full traceback (every cause) of an error, as --debug does.
@@ -47,26 +48,27 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, choices: dict[str, 
     """One flag per field of the settings dataclass cls, in argument groups named by the fields' metadata.
 
     choices: {field: values} shown for fields whose values a registry holds (checked there, not here)."""
-    hints = typing.get_type_hints(cls)
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(cls):
+    for f, owner in all_fields(cls):
         meta = f.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        name = meta["group"] or getattr(owner, "group", "options")
+        group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
         flags = meta["flags"] or (f"--{f.name}",)
-        kind = _flag_type(hints[f.name])
+        kind = _flag_type(typing.get_type_hints(owner)[f.name])
+        text = f"{meta['help']}; {bounds_text(meta['bounds'])}" if meta.get("bounds") else meta["help"]
         if kind is bool:
-            group.add_argument(*flags, dest=f.name, action="store_true", help=meta["help"])
+            group.add_argument(*flags, dest=f.name, action="store_true", help=text)
         else:
             # Choices are checked by the dataclass (one message style for every bad value), shown here.
             shown = (choices or {}).get(f.name) or meta["choices"]
             metavar = "{" + ",".join(shown) + "}" if shown else kind.__name__.upper()
-            group.add_argument(*flags, dest=f.name, default=f.default, help=meta["help"], metavar=metavar,
+            group.add_argument(*flags, dest=f.name, default=f.default, help=text, metavar=metavar,
                                type={float: finite_float, int: int, str: str}[kind])
 
 
 def settings_from(cls: type, args: argparse.Namespace) -> Any:
     """The validated settings dataclass cls from parsed flags (ConfigError on a bad value)."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    return cls(**{f.name: getattr(args, f.name) for f, _ in all_fields(cls)})
 
 
 @dataclasses.dataclass

@@ -375,17 +375,17 @@ def needs_calibration(method: Method, config: PruneConfig) -> bool:
     return bool(method.collectors) or any(addon.needs_calibration(method) for addon in selected_addons(config))
 
 
-def check_layers(layers: nn.ModuleList, method: Method, config: PruneConfig) -> None:
-    """Fail before any work if some linear's input width is not a multiple of M, or the method's check of the
-    first layer's shapes fails (works on the meta device)."""
+def check_layers(layers: nn.ModuleList, config: PruneConfig) -> None:
+    """Fail before any work if some linear's input width is not a multiple of M, or a settings section's check
+    of the first layer's shapes fails (works on the meta device)."""
     linears = find_linears(layers[0])
     if config.prune_m:
         for name, linear in linears.items():
             if linear.in_features % config.prune_m:
                 raise ConfigError(f"layer '{name}' has {linear.in_features} input columns, not a multiple of "
                                   f"M={config.prune_m}; {config.sparsity_type} cannot apply")
-    if method.check_layer is not None:
-        method.check_layer(linears, config)
+    for section in config.sections:
+        section.check_layer(linears)
 
 
 def layer_sparsity(linears: dict[str, nn.Linear], original: int) -> float:
@@ -416,7 +416,7 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig, 
     """
     method = find_method(config)
     layers = find_decoder_layers(model)
-    check_layers(layers, method, config)
+    check_layers(layers, config)
     report = PruneReport(method.name)
     if config.sparsity_ratio == 0:
         logger.info("sparsity_ratio 0: nothing to prune")

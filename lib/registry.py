@@ -49,9 +49,6 @@ class Method:
     supports_variant: bool = False
     # Optional: a function(config) raising ConfigError for settings this method cannot honour.
     check: Callable[[PruneConfig], None] | None = None
-    # Optional: a function(linears of the first decoder layer {name: nn.Linear}, config) raising ConfigError when
-    # the model's shapes do not fit this method's settings; run on the meta device before any weight loads.
-    check_layer: Callable[[dict, PruneConfig], None] | None = None
     # Optional: a function(stats, config) -> small JSON-able summary, recorded per linear with --save_stats.
     summarize: Callable[[dict, PruneConfig], dict] | None = None
     # Optional: a function(calib_ids [n, seqlen], config) -> dict, run once before the layer walk; its items are

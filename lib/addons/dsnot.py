@@ -12,11 +12,14 @@ kept weights; var gets a floor).
 from __future__ import annotations
 
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from lib.collectors import Collector
-from lib.config import ConfigError, PruneConfig
+from lib.config import ConfigError, PruneConfig, Settings, register_settings, setting
 from lib.registry import LinearMask, MaskRefiner, Method, register_addon
 
 
@@ -24,6 +27,23 @@ from lib.registry import LinearMask, MaskRefiner, Method, register_addon
 # d / var infinite or NaN.
 VAR_FLOOR_REL = 1e-12
 VAR_FLOOR_ABS = 1e-30
+
+
+@register_settings
+@dataclass(frozen=True)
+class DSnoTSettings(Settings):
+    """DSnoT's settings (--refine dsnot)."""
+
+    group: ClassVar[str] = "DSnoT (--refine dsnot)"
+    # More swaps per row than any layer has columns to swap cannot be meant (a typo would run for hours).
+    dsnot_cycles: int = setting(50, "most prune-and-regrow swaps per output row", bounds="[0, 100000]",
+                                note="DSnoT's default is 50")
+    dsnot_threshold: float = setting(0.1, "a row stops once |reconstruction error| <= this (in units of w * sum "
+                                          "over a sequence's tokens of x, as upstream)", bounds=">= 0")
+    dsnot_same_sign: bool = setting(False, "unstructured: stop a row before its error changes sign (upstream's "
+                                           "default is off; N:M always checks)")
+    dsnot_skip: str = setting("mlp", "linears left with the initial mask: 'mlp' (upstream default: the MLP's "
+                                     "linears) or 'none'", choices=("mlp", "none"))
 
 
 class InputMeanVariance(Collector):

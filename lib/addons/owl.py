@@ -9,12 +9,13 @@ DenseWalk: every layer's inputs from the dense layers before it, upstream OWL's 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
 
 import torch
 
 from lib.collectors import InputSquares
-from lib.config import ConfigError, PruneConfig
+from lib.config import ConfigError, PruneConfig, Settings, register_settings, setting
 from lib.methods.wanda import wanda_score
 from lib.registry import DenseWalk, LayerRatioPolicy, Method, register_addon
 
@@ -23,6 +24,20 @@ logger = logging.getLogger(__name__)
 
 # Highest per-layer sparsity OWL may hand out (a layer pruned 100% would cut the residual stream's input to it).
 MAX_LAYER_RATIO = 0.99
+
+
+@register_settings
+@dataclass(frozen=True)
+class OWLSettings(Settings):
+    """OWL's settings (--layer_ratios owl)."""
+
+    group: ClassVar[str] = "OWL (--layer_ratios owl)"
+    owl_m: float = setting(5.0, "a score is an outlier above M times its layer's mean score", bounds="> 0")
+    # Ratios spread over more than [0, 1) cannot be meant.
+    owl_lambda: float = setting(0.08, "layer ratios spread over 2 * lambda around the target, their mean the "
+                                      "target", bounds="[0, 0.5]", note="OWL's default is 0.08")
+    owl_score: str = setting("wanda", "outliers of Wanda's score |W| * ||X|| (default) or of the method's own "
+                                      "score", choices=("method", "wanda"))
 
 
 def outlier_ratio(scores: Callable[[], Iterator[torch.Tensor]], owl_m: float) -> float:

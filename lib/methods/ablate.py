@@ -13,7 +13,7 @@ import torch
 
 from lib.config import PruneConfig
 from lib.collectors import InputHessian, InputSquares
-from lib.methods.sparsegpt import check_blocksize, check_blocksize_fits, sparsegpt_reconstruct
+from lib.methods.sparsegpt import check_blocksize, sparsegpt_reconstruct
 from lib.methods.wanda import magnitude_score, wanda_score
 from lib.registry import Method, register
 from lib.sparsity import make_mask
@@ -44,6 +44,5 @@ for _name, _wanda, _iter in [("ablate_mag_seq", False, False), ("ablate_wanda_se
                              ("ablate_mag_iter", False, True), ("ablate_wanda_iter", True, True)]:
     register(Method(_name, (InputHessian, InputSquares) if _wanda else (InputHessian,),
                     update=partial(_ablate, use_wanda=_wanda, iterative=_iter), check=check_blocksize,
-                    check_layer=check_blocksize_fits,
                     help=f"SparseGPT reconstruction, {'wanda' if _wanda else 'magnitude'} mask "
                          f"{'re-chosen per block' if _iter else 'fixed'}"))

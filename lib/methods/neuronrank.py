@@ -16,13 +16,14 @@ Methods: `neuronrank` (f_j = var_j + B_j) and `neuronrank_fisher` (f_j = J_j), a
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
 from lib.collectors import Collector, samples_and_rows
-from lib.config import ConfigError, PruneConfig
+from lib.config import MAX_EXPONENT, ConfigError, PruneConfig, Settings, register_settings, setting
 from lib.registry import Method, register
 from lib.structured import neuron_pruner
 
@@ -32,6 +33,18 @@ logger = logging.getLogger(__name__)
 # activation scale (fp16 vs fp32 models, outlier layers); the absolute floor keeps an all-zero input at J = 0.
 FISHER_EPS_REL = 1e-6
 FISHER_EPS_ABS = 1e-30
+
+
+@register_settings
+@dataclass(frozen=True)
+class NeuronRankSettings(Settings):
+    """NeuronRank's settings, read by neuronrank and neuronrank_fisher."""
+
+    group: ClassVar[str] = "NeuronRank (neuronrank, neuronrank_fisher)"
+    neuronrank_max_classes: int = setting(512, "K most frequent calibration token ids used as classes",
+                                          bounds=">= 0", flags=("--neuronrank_max_classes", "--neuronrank-max-classes"))
+    nr_exp: float = setting(1.0, "exponent gamma on the channel factor", bounds=f"[0, {MAX_EXPONENT}]",
+                            note="0 gives plain Wanda scores")
 
 
 def top_token_classes(calib_ids: torch.Tensor, max_classes: int) -> torch.Tensor:
@@ -161,10 +174,8 @@ def neuronrank_score(W: torch.Tensor, stats: dict, config: PruneConfig,
 def check_neuronrank(config: PruneConfig, needs_classes: bool) -> None:
     """Settings NeuronRank cannot honour, one line each."""
     if needs_classes and config.neuronrank_max_classes == 0:
-        raise ConfigError(f"{config.prune_method} ranks channels by token classes but --neuronrank-max-classes "
+        raise ConfigError(f"{config.prune_method} ranks channels by token classes but --neuronrank_max_classes "
                           f"is 0; set it > 0 (default 512)")
-    if not config.nr_exp >= 0:
-        raise ConfigError(f"nr_exp {config.nr_exp} must be >= 0 (0 gives plain Wanda scores)")
 
 
 def summarize_neuronrank(stats: dict, config: PruneConfig) -> dict:

@@ -8,12 +8,27 @@ for N:M (upstream's --reallocation) is --permute, for any score (lib/addons/perm
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
-from lib.config import PruneConfig
+from lib.config import MAX_EXPONENT, PruneConfig, Settings, register_settings, setting
 from lib.methods.selectivity import register_selective
 from lib.collectors import InputSquares
 from lib.registry import Method, register
+
+
+@register_settings
+@dataclass(frozen=True)
+class RIASettings(Settings):
+    """RIA's settings, read by ria and ria_idf / ria_spiky / ria_select."""
+
+    group: ClassVar[str] = "RIA (ria, ria_*)"
+    ria_alpha: float = setting(0.5, "exponent a on ||X_j||_2", bounds=f"[0, {MAX_EXPONENT}]",
+                               note="RIA's default is 0.5")
+    ria_group: str = setting("layer", "compare scores over the whole layer (upstream default) or per output row "
+                                      "(upstream --per_outneuron)", choices=("layer", "row"))
 
 
 def relative_importance(W: torch.Tensor) -> torch.Tensor:

@@ -10,16 +10,39 @@ The factor functions take any stats dict holding active_rate / top_mean / mean_a
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 
 from lib.collectors import samples_and_rows
-from lib.config import PruneConfig
+from lib.config import EXPONENT, ConfigError, PruneConfig, Settings, register_settings, setting
 from lib.collectors import InputSquares
 from lib.methods.wanda import wanda_score
 from lib.registry import Method, Score, register
 from lib.structured import neuron_pruner
+
+
+@register_settings
+@dataclass(frozen=True)
+class SelectivitySettings(Settings):
+    """The selectivity factors' settings, read by wanda_idf/spiky/select and ria_idf/spiky/select."""
+
+    group: ClassVar[str] = "selectivity (*_idf, *_spiky, *_select)"
+    sel_tau_percentile: float = setting(0.6, "layer-wide quantile of |x| above which a channel counts as active "
+                                             "(IDF)", bounds="(0, 1)")
+    sel_top_quantile: float = setting(0.9, "quantile whose upper tail gives mu_top (spikiness R)", bounds="(0, 1)")
+    sel_idf_clip_max: float = setting(10.0, "upper clip of IDF", bounds="> 0")
+    sel_idf_clip_min: float = setting(0.0, "lower clip of IDF (default 0, the published formula; > 0 keeps "
+                                           "always-on channels); at most sel_idf_clip_max", bounds=">= 0")
+    sel_spiky_clip_max: float = setting(10.0, "upper clip of the spikiness ratio R", bounds="> 0")
+    sel_idf_exp: float = setting(1.0, "exponent on IDF (0 turns it off)", bounds=EXPONENT)
+    sel_spiky_exp: float = setting(1.0, "exponent on R (0 turns it off)", bounds=EXPONENT)
+
+    def check(self) -> None:
+        if self.sel_idf_clip_min > self.sel_idf_clip_max:
+            raise ConfigError(f"sel_idf_clip_min {self.sel_idf_clip_min} must be in [0, sel_idf_clip_max "
+                              f"{self.sel_idf_clip_max}]")
 
 
 def inverse_document_frequency(active_rate: torch.Tensor, clip_max: float, clip_min: float = 0.0) -> torch.Tensor:

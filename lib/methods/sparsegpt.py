@@ -7,16 +7,40 @@ as updated so far. Counts are exact: floor(ratio * block size) per block, N per 
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 
 from lib.collectors import InputHessian
-from lib.config import ConfigError, PruneConfig
+from lib.config import ConfigError, PruneConfig, Settings, register_settings, setting
 from lib.errors import RunError
 from lib.registry import Method, register
 from lib.sparsity import make_mask
 
+
+
+@register_settings
+@dataclass(frozen=True)
+class SparseGPTSettings(Settings):
+    """SparseGPT's reconstruction settings, read by sparsegpt and the ablate_* methods."""
+
+    group: ClassVar[str] = "SparseGPT reconstruction (sparsegpt, ablate_*)"
+    blocksize: int = setting(128, "columns per lazy update block (N:M: a multiple of M; at most the widest "
+                                  "linear)", bounds="positive")
+    # 0 leaves a rank-deficient Hessian without dampening (Cholesky fails); above 1 the damping outweighs the data
+    # and SparseGPT degenerates to magnitude pruning.
+    percdamp: float = setting(0.01, "dampening, as a fraction of the mean of diag(H)", bounds="(0, 1]",
+                              note="SparseGPT's default is 0.01")
+
+    def check_layer(self, linears: dict) -> None:
+        """--blocksize no wider than the widest linear (or the default): a larger value is a typo, and values in
+        the millions allocate [out, blocksize] buffers. The default stays valid on models narrower than it."""
+        name, widest = max(((n, lin.in_features) for n, lin in linears.items()), key=lambda x: x[1])
+        limit = max(widest, type(self).__dataclass_fields__["blocksize"].default)
+        if self.blocksize > limit:
+            raise ConfigError(f"blocksize {self.blocksize} exceeds the widest linear ('{name}', {widest} input "
+                              f"columns); use --blocksize <= {limit}")
 
 
 # (W columns [out, c], diag of H^-1 for them [c], first column index) -> scores [out, c], low = pruned.
@@ -107,16 +131,6 @@ def check_blocksize(config: PruneConfig) -> None:
         raise ConfigError(f"blocksize {config.blocksize} must be a multiple of M={config.prune_m} "
                           f"for {config.sparsity_type}")
 
-def check_blocksize_fits(linears: dict, config: PruneConfig) -> None:
-    """--blocksize no wider than the widest linear (or the default): a larger value is a typo, and values in the
-    millions allocate [out, blocksize] buffers. linears: the first decoder layer's (on the meta device)."""
-    name, widest = max(((n, lin.in_features) for n, lin in linears.items()), key=lambda x: x[1])
-    default = PruneConfig.__dataclass_fields__["blocksize"].default
-    if config.blocksize > max(widest, default):
-        raise ConfigError(f"blocksize {config.blocksize} exceeds the widest linear ('{name}', {widest} input "
-                          f"columns); use --blocksize <= {max(widest, default)}")
-
-
 register(Method("sparsegpt", (InputHessian,), update=sparsegpt_update, check=check_blocksize,
-                check_layer=check_blocksize_fits,
+
                 help="OBS reconstruction, mask chosen per 128-column block"))
