@@ -37,7 +37,7 @@ from lib.models import find_decoder_layers, load_config, load_tokenizer, \
     max_sequence_length, resolve_model
 from lib.offload import LayerStore, load_with_store
 from lib.protocols import PROTOCOLS, protocol_settings
-from lib.prune import check_layers, needs_calibration, prune_model
+from lib.prune import PruneReport, check_layers, needs_calibration, prune_model
 from lib.runinfo import git_commit, peak_rss_mb, save_model_atomic, versions, write_atomic
 from lib.sparsity import check_sparsity
 
@@ -227,6 +227,24 @@ def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: st
     return ppl
 
 
+def prune(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, config: PruneConfig,
+          seconds: dict) -> tuple[PruneReport, float, list[float]]:
+    """The pruning phase, timed -> (the driver's report, measured sparsity, per-layer sparsity)."""
+    PROGRESS.phase = "pruning"
+    t = time.time()
+    report = prune_model(model, plan.calib_ids, config, record_stats=run_cfg.save_stats, store=store)
+    seconds["prune"] = time.time() - t
+    if report.shrunk or store.mode == "disk":
+        # Dropped neurons are gone from the weights (and layers on disk are not in memory): the driver counted
+        # each layer's zeros right after pruning it, against its original size.
+        sparsity, per_layer = report.sparsity, report.layer_sparsity
+    else:
+        sparsity, per_layer = check_sparsity(model)
+    print(f"pruned with {config.prune_method} ({config.sparsity_type}, ratio {config.sparsity_ratio}) in "
+          f"{seconds['prune']:.1f}s; measured sparsity {sparsity:.4f}")
+    return report, sparsity, per_layer
+
+
 def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
     """The whole job: check, load, prune, evaluate, save. Returns results.json's content."""
     t_start = time.time()
@@ -249,19 +267,7 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
 
     ppl_dense = None if run_cfg.no_dense_eval else evaluate(model, store, plan, run_cfg, "dense", seconds)
 
-    PROGRESS.phase = "pruning"
-    t = time.time()
-    report = prune_model(model, plan.calib_ids, config, record_stats=run_cfg.save_stats, store=store)
-    seconds["prune"] = time.time() - t
-    if report.shrunk or store.mode == "disk":
-        # Dropped neurons are gone from the weights (and layers on disk are not in memory): the driver counted
-        # each layer's zeros right after pruning it, against its original size.
-        sparsity, per_layer = report.sparsity, report.layer_sparsity
-    else:
-        sparsity, per_layer = check_sparsity(model)
-    print(f"pruned with {config.prune_method} ({config.sparsity_type}, ratio {config.sparsity_ratio}) in "
-          f"{seconds['prune']:.1f}s; measured sparsity {sparsity:.4f}")
-
+    report, sparsity, per_layer = prune(model, store, plan, run_cfg, config, seconds)
     ppl_pruned = evaluate(model, store, plan, run_cfg, "pruned", seconds)
 
     results = {

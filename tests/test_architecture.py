@@ -263,3 +263,13 @@ def test_debug_shows_the_traceback_and_the_cause(capsys, tmp_path, monkeypatch):
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: model path")
     monkeypatch.setenv("WANDA_DEBUG", "1")
     assert main.main(argv) == 2 and "Traceback" in capsys.readouterr().err
+
+
+def test_no_function_in_lib_or_main_is_over_60_lines():
+    # The codebase's rule (STYLE.md, the developers' guide): a longer function is split where its phases are.
+    long = []
+    for path in [*LIB.rglob("*.py"), LIB.parent / "main.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(LIB.parent)}:{node.lineno} {node.name}")
+    assert not long, long

@@ -95,6 +95,21 @@ def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t.gather(1, idx.unsqueeze(1)).squeeze(1)
 
 
+def _prune_order(scores: torch.Tensor, mask: torch.Tensor,
+                 d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unstructured DSnoT's candidates to prune, per row [out, in]: kept weights with d < 0 by ascending score,
+    then kept with d > 0 by descending score (upstream's return_reorder_indice: ties in the second part by
+    descending column), then the rest -> (order, low pointer, high pointer, count with d < 0) per row."""
+    out, cols = scores.shape
+    rank = torch.empty(out, cols, dtype=torch.long, device=d.device).scatter_(
+        1, torch.sort(scores.float(), dim=1, stable=True)[1], torch.arange(cols, device=d.device).expand(out, cols))
+    negative, positive = ~mask & (d < 0), ~mask & (d > 0)
+    key = torch.where(negative, rank, torch.where(positive, 2 * cols - 1 - rank, 2 * cols + rank))
+    prune_lo = torch.zeros(out, dtype=torch.long, device=d.device)
+    n_negative = negative.sum(dim=1)
+    return torch.sort(key, dim=1)[1], prune_lo, n_negative + positive.sum(dim=1) - 1, n_negative
+
+
 def dsnot(W: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, sum_x: torch.Tensor, var: torch.Tensor,
           cycles: int, threshold: float, same_sign: bool = False, prune_m: int = 0) -> tuple[torch.Tensor, int]:
     """Refine mask [out, in] (True = pruned) of W [out, in] -> (new mask, swaps made); every row keeps its count.
@@ -118,16 +133,7 @@ def dsnot(W: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, sum_x: torc
     if prune_m:
         kept_scores = scores.float().masked_fill(mask, float("inf"))
     else:
-        # Kept weights with d < 0 by ascending score, then kept with d > 0 by descending score (upstream's
-        # return_reorder_indice: ties in the second part by descending column), then the rest.
-        rank = torch.empty_like(grow).scatter_(1, torch.sort(scores.float(), dim=1, stable=True)[1],
-                                               torch.arange(cols, device=W.device).expand(out, cols))
-        negative, positive = ~mask & (d < 0), ~mask & (d > 0)
-        key = torch.where(negative, rank, torch.where(positive, 2 * cols - 1 - rank, 2 * cols + rank))
-        prune_order = torch.sort(key, dim=1)[1]
-        prune_lo = torch.zeros(out, dtype=torch.long, device=W.device)
-        n_negative = negative.sum(dim=1)
-        prune_hi = n_negative + positive.sum(dim=1) - 1
+        prune_order, prune_lo, prune_hi, n_negative = _prune_order(scores, mask, d)
     active = torch.ones(out, dtype=torch.bool, device=W.device)
     swaps = 0
     for _ in range(cycles):

@@ -170,6 +170,16 @@ class InputAbsHistogram(InputSquares):
         return stats
 
 
+def _layer_quantile_bin(counts: torch.Tensor, position: float) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """tau's bin: the bin of the layer-wide histogram (summed over channels) holding 0-based position `position`
+    -> (bin, layer counts [bins] float64, their cumulative sums [bins])."""
+    layer_counts = counts.sum(dim=0, dtype=torch.float64)
+    cumulative = layer_counts.cumsum(0)
+    b = int(torch.searchsorted(cumulative, torch.tensor([position], dtype=torch.float64, device=counts.device),
+                               right=True).clamp(max=counts.shape[1] - 1))
+    return b, layer_counts, cumulative
+
+
 def selectivity_from_histogram(counts: torch.Tensor, sum_abs: torch.Tensor, max_abs: torch.Tensor, ntokens: int,
                                tau_percentile: float, top_quantile: float) -> dict[str, torch.Tensor]:
     """Histograms [in, N_BINS] (int), Σ|x| and max|x| [in] -> tau [], active_rate, mean_abs, top_mean [in].
@@ -181,7 +191,7 @@ def selectivity_from_histogram(counts: torch.Tensor, sum_abs: torch.Tensor, max_
     device = counts.device
     max_abs = max_abs.double().to(device)
     lo, hi = (edge.to(device) for edge in bin_edges())
-    channels, bins = counts.shape
+    channels = counts.shape[0]
     rows = torch.arange(channels, device=device)
     below_or_at = counts.cumsum(1)  # int64 [in, bins]: tokens in bins <= b, exact
 
@@ -190,12 +200,8 @@ def selectivity_from_histogram(counts: torch.Tensor, sum_abs: torch.Tensor, max_
         top = torch.minimum(hi[b], max_abs)
         return torch.minimum(lo[b], top), top
 
-    # tau: the layer-wide quantile of every |x_tj|, from the histogram summed over channels.
-    layer_counts = counts.sum(dim=0, dtype=torch.float64)
-    cumulative = layer_counts.cumsum(0)
     position = tau_percentile * (ntokens * channels - 1)
-    b = int(torch.searchsorted(cumulative, torch.tensor([position], dtype=torch.float64, device=device),
-                               right=True).clamp(max=bins - 1))
+    b, layer_counts, cumulative = _layer_quantile_bin(counts, position)
     # Active rate p_j = fraction of tokens with |x| > tau: whole bins above tau's bin, plus the share of that bin
     # above tau (none when tau is the point mass at 0).
     active = (ntokens - below_or_at[:, b]).double()
