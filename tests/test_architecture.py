@@ -273,3 +273,13 @@ def test_no_function_in_lib_or_main_is_over_60_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 long.append(f"{path.relative_to(LIB.parent)}:{node.lineno} {node.name}")
     assert not long, long
+
+
+def test_the_readme_tables_list_every_registered_method_and_addon():
+    import registry_table
+
+    readme = (LIB.parent / "README.md").read_text()
+    assert registry_table.readme_with_tables(readme) == readme, \
+        "README.md's method/add-on tables are stale: run scripts/registry_table.py --write"
+    for name in [*METHODS, *ADDONS]:
+        assert f"| `{name}` |" in readme
