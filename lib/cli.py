@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any, Callable
 
-from lib.config import all_fields, bounds_text
+from lib.config import all_fields, bounds_text, flag_name
 from lib.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUN_FAILED, ConfigError, RunError
 
 # Set to 1 to print the full traceback (every cause) of an error, as --debug does.
@@ -37,6 +37,11 @@ def finite_float(text: str) -> float:
     return value
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """A comma-separated flag value as a tuple of its non-empty, stripped items."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _flag_type(hint: Any) -> type:
     """int / float / str / bool from a field's type hint (Optional unwrapped)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -53,22 +58,26 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, choices: dict[str, 
         meta = f.metadata
         name = meta["group"] or getattr(owner, "group", "options")
         group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
-        flags = meta["flags"] or (f"--{f.name}",)
+        flags, dest = meta["flags"] or (f"--{f.name}",), flag_name(f)
         kind = _flag_type(typing.get_type_hints(owner)[f.name])
         text = f"{meta['help']}; {bounds_text(meta['bounds'])}" if meta.get("bounds") else meta["help"]
         if kind is bool:
-            group.add_argument(*flags, dest=f.name, action="store_true", help=text)
+            group.add_argument(*flags, dest=dest, action="store_true", help=text)
+        elif typing.get_origin(kind) is tuple:
+            group.add_argument(*flags, dest=dest, default=f.default, help=f"{text} (comma-separated)",
+                               metavar="A,B", type=comma_list, required=meta.get("required", False))
         else:
             # Choices are checked by the dataclass (one message style for every bad value), shown here.
             shown = (choices or {}).get(f.name) or meta["choices"]
             metavar = "{" + ",".join(shown) + "}" if shown else kind.__name__.upper()
-            group.add_argument(*flags, dest=f.name, default=f.default, help=text, metavar=metavar,
-                               type={float: finite_float, int: int, str: str}[kind])
+            group.add_argument(*flags, dest=dest, default=f.default, help=text, metavar=metavar,
+                               type={float: finite_float, int: int, str: str}[kind],
+                               required=meta.get("required", False))
 
 
 def settings_from(cls: type, args: argparse.Namespace) -> Any:
     """The validated settings dataclass cls from parsed flags (ConfigError on a bad value)."""
-    return cls(**{f.name: getattr(args, f.name) for f, _ in all_fields(cls)})
+    return cls(**{f.name: getattr(args, flag_name(f)) for f, _ in all_fields(cls)})
 
 
 @dataclasses.dataclass

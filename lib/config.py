@@ -31,12 +31,19 @@ EXPONENT = f"[-{MAX_EXPONENT}, {MAX_EXPONENT}]"
 
 
 def setting(default: Any, help: str, *, group: str | None = None, choices: tuple | None = None,
-            flags: tuple[str, ...] | None = None, bounds: str | None = None, note: str | None = None) -> Any:
+            flags: tuple[str, ...] | None = None, bounds: str | None = None, note: str | None = None,
+            required: bool = False) -> Any:
     """A config field with what the CLI and the check need: help, group (default: its section's), choices, flag
-    spellings (default --<name>), bounds ('positive', '> 0', '>= 0', or an interval such as '(0, 1]'), and a
-    note added to the bounds' error message."""
+    spellings (default --<name>; the first is the one messages use), bounds ('positive', '> 0', '>= 0', or an
+    interval such as '(0, 1]'), a note added to the bounds' error message, and whether the flag is required."""
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "flags": flags,
-                                            "bounds": bounds, "note": note})
+                                            "bounds": bounds, "note": note, "required": required})
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    """The name a setting goes by on the command line and in messages: its first flag without dashes."""
+    flags = f.metadata.get("flags")
+    return flags[0].lstrip("-") if flags else f.name
 
 
 def within(value: float, bounds: str) -> bool:
@@ -104,7 +111,7 @@ def check_settings(settings: Any) -> None:
             check_choice(settings, f.name)
         if bounds and value is not None and not within(value, bounds):
             note = f.metadata.get("note")
-            raise ConfigError(f"{f.name} {value} must be {bounds_text(bounds)}{f' ({note})' if note else ''}")
+            raise ConfigError(f"{flag_name(f)} {value} must be {bounds_text(bounds)}{f' ({note})' if note else ''}")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ A case that is refused records its one-line error, so refusals are compared too.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import sys
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import main  # noqa: E402
-from conftest import fabricate_text, make_tiny_model, make_tokenizer  # noqa: E402
+from conftest import make_tiny_model, make_tokenizer, write_fake_data  # noqa: E402
 from lib.cli import settings_from  # noqa: E402
 from lib.config import ConfigError, PruneConfig  # noqa: E402
 from lib.methods import METHODS  # noqa: E402
@@ -131,19 +130,6 @@ def addon_cases() -> list[list[str]]:
     return cases
 
 
-def write_data(root: Path) -> None:
-    """tests/conftest.py's fabricated WikiText-2 and C4 files."""
-    wiki = root / "wikitext-2-raw"
-    wiki.mkdir(parents=True)
-    for split, seed in (("test", 1), ("valid", 2), ("train", 3)):
-        lines = [" \n", " = Title = \n", " \n"] + [f" {fabricate_text(40, seed * 100 + i)} . \n" for i in range(60)]
-        (wiki / f"wiki.{split}.raw").write_text("".join(lines))
-    (root / "c4").mkdir()
-    with gzip.open(root / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz", "wt") as handle:
-        for i in range(30):
-            handle.write(json.dumps({"text": fabricate_text(20 + 10 * i, 1000 + i), "url": f"u{i}"}) + "\n")
-
-
 MAIN_CASES = [
     ["--prune_method", "wanda"],
     ["--prune_method", "sparsegpt", "--sparsity_type", "2:4"],
@@ -157,8 +143,7 @@ MAIN_CASES = [
 
 def main_cases(work: Path) -> dict:
     """main.main end to end on saved tiny models -> {case: results.json without the volatile fields}."""
-    data = work / "data"
-    write_data(data)
+    data = write_fake_data(work / "data")
     out: dict[str, dict] = {}
     for family in ("llama", "opt"):
         folder = work / f"tiny-{family}"

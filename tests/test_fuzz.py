@@ -288,11 +288,11 @@ def test_values_that_cannot_be_meant_are_refused_with_the_range(inputs, stub_loa
 
 # lora_ft: every flag of both scripts.
 
-LORA_FLOATS = {"learning_rate", "num_train_epochs", "lora_dropout"}
+LORA_FLOATS = {"learning_rate", "num_train_epochs", "lora_dropout", "weight_decay"}
 FINETUNE_ACCEPTED = {("output_dir", k) for k in VALUES} | {("cache_dir", k) for k in VALUES} | {
     ("max_train_samples", "huge"), ("max_steps", "huge"), ("per_device_train_batch_size", "huge"),
     ("logging_steps", "zero"), ("logging_steps", "huge"), ("seed", "zero"), ("seed", "huge"),
-    ("lora_alpha", "huge"), ("lora_dropout", "zero"),
+    ("lora_alpha", "huge"), ("lora_dropout", "zero"), ("weight_decay", "zero"),
 }
 EVALUATE_ACCEPTED = {("cache_dir", k) for k in VALUES} | {
     ("eval_batch_size", "huge"), ("zs_batch_size", "huge"), ("output", "zero"), ("output", "negative"),
