@@ -263,7 +263,7 @@ def of_kind(addons: list[AddOn], kind: type) -> list:
 def choose_mask(item: LinearMask, method: Method, config: PruneConfig, addons: list[AddOn]) -> None:
     """item.order and item.mask from the score: the column order's (if any), the one mask function (or Wanda's
     variant), then every mask refiner in turn."""
-    for column_order in of_kind(addons, ColumnOrder):
+    for column_order in of_kind(addons, ColumnOrder):  # at most one: --permute selects it
         item.order = column_order.order(item.scores)
         item.scores = item.ordered(item.scores)
     if config.use_variant and not config.prune_n:

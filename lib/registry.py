@@ -185,7 +185,8 @@ class LayerRatioPolicy(AddOn):
 
 
 class ColumnOrder(AddOn):
-    """The column order an N:M mask is chosen in (--permute), and how the mask then lands on the weights."""
+    """The column order an N:M mask is chosen in (--permute), and how the mask then lands on the weights. One is
+    registered at a time (the selector is a switch)."""
 
     kind, selector, off = "column order", "permute", False
 
@@ -209,7 +210,11 @@ class MaskRefiner(AddOn):
 
 
 class WeightReconstruction(AddOn):
-    """A post-step on the kept weights given the final mask (--reconstruct NAME, the setting its module declares)."""
+    """A post-step on the kept weights given the final mask (--reconstruct NAME, the setting its module declares).
+
+    The statistics are in the input order the calibration saw: where a column order was folded into the MLP
+    (--permute), the narrowing linear's columns are permuted (the ColumnOrder's results say how), so a
+    reconstruction reading per-input statistics refuses --permute in its check or reorders them."""
 
     kind, selector, off = "weight reconstruction", "reconstruct", "none"
 
@@ -227,8 +232,11 @@ def register_addon(addon: type[AddOn]) -> type[AddOn]:
     """Add an add-on class to the registry (names are unique, the kind one of KINDS); usable as a decorator."""
     if addon.name in ADDONS or not addon.name:
         raise ValueError(f"add-on '{addon.name}' is registered twice or has no name")
-    if not any(issubclass(addon, kind) for kind in KINDS):
+    kind = next((kind for kind in KINDS if issubclass(addon, kind)), None)
+    if kind is None:
         raise ValueError(f"add-on '{addon.name}' is none of the kinds {[k.__name__ for k in KINDS]}")
+    if isinstance(kind.off, bool) and addon_names(kind):  # a switch selects every add-on of its kind
+        raise ValueError(f"add-on '{addon.name}': --{kind.selector} already selects {addon_names(kind)}")
     ADDONS[addon.name] = addon
     return addon
 
