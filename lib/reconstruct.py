@@ -40,38 +40,47 @@ MaskScore = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class AdmmSystem:
-    """One input's normalised, damped Hessian and the inverse ADMM needs; shared by linears reading that input.
+    """One input's normalised, damped system; shared by the linears reading that input (q/k/v, gate/up).
 
-    scale [in]: d_j = sqrt(H_jj) (1 for dead inputs); hessian [in, in]: D^-1 H D^-1 + damp I;
-    inverse [in, in]: (hessian + rho I)^-1; damp: the damping added to the diagonal; rho: ADMM's penalty.
+    scale [in]: d_j = sqrt(H_jj) (1 for dead inputs); factor [in, in]: lower Cholesky factor L of
+    A = D^-1 H D^-1 + (damp + rho) I; inverse [in, in]: A^-1; damp: the damping added to the normalised
+    diagonal; rho: ADMM's penalty. The damped normalised Hessian is L L^T - rho I, so no third [in, in] matrix.
     """
 
     scale: torch.Tensor
-    hessian: torch.Tensor
+    factor: torch.Tensor
     inverse: torch.Tensor
     damp: float
     rho: float
 
+    def hessian_times(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows [r, in] -> rows (D^-1 H D^-1 + damp I) [r, in] (normalised, damped Hessian; it is symmetric)."""
+        return (rows @ self.factor) @ self.factor.T - self.rho * rows
+
+    def row_objective(self, delta: torch.Tensor) -> torch.Tensor:
+        """Per row i of normalised delta [out, in]: delta_i (D^-1 H D^-1) delta_i^T [out], undamped."""
+        return (delta @ self.factor).pow_(2).sum(dim=1) - (self.rho + self.damp) * delta.pow(2).sum(dim=1)
+
 
 def admm_system(hessian: torch.Tensor, admm_damp: float = 0.1, rho: float = 1.0) -> AdmmSystem:
-    """H [in, in] (any positive multiple of X^T X) -> the normalised, damped system. H is overwritten.
+    """H [in, in] (any positive multiple of X^T X, float32) -> the normalised, damped system.
 
-    Taking H over in place keeps the peak at two [in, in] float32 matrices (H and its inverse).
+    H is normalised in place and dropped after its Cholesky factor is taken: a caller that keeps no reference
+    to it (admm_system_from_stats) has at most two [in, in] float32 matrices alive at any time.
     """
     if not admm_damp >= 0 or not rho > 0:
         raise ValueError(f"admm_damp {admm_damp} must be >= 0 and rho {rho} > 0")
     H = hessian if hessian.dtype == torch.float32 else hessian.float()
+    del hessian
     diag = H.diagonal()
     scale = diag.sqrt()
     scale[diag <= 0] = 1.0
     H.div_(scale.unsqueeze(0)).div_(scale.unsqueeze(1))
     damp = admm_damp * float(H.diagonal().mean())
     H.diagonal().add_(damp + rho)
-    lower = torch.linalg.cholesky(H)
-    inverse = torch.cholesky_inverse(lower)
-    del lower
-    H.diagonal().sub_(rho)
-    return AdmmSystem(scale, H, inverse, damp, rho)
+    factor = torch.linalg.cholesky(H)
+    del H, diag
+    return AdmmSystem(scale, factor, torch.cholesky_inverse(factor), damp, rho)
 
 
 def admm_system_from_stats(stats: dict, admm_damp: float = 0.1, rho: float = 1.0) -> AdmmSystem:
@@ -85,48 +94,46 @@ def admm_system_from_stats(stats: dict, admm_damp: float = 0.1, rho: float = 1.0
     return stats["admm_system"]
 
 
-def row_objective(delta: torch.Tensor, hessian: torch.Tensor, damp: float = 0.0) -> torch.Tensor:
-    """Per row i: delta_i (H - damp I) delta_i^T [out], for delta [out, in] and H [in, in] (float32)."""
-    return ((delta @ hessian) * delta).sum(dim=1) - damp * delta.pow(2).sum(dim=1)
+def row_objective(delta: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
+    """Per row i: delta_i H delta_i^T [out], for delta [out, in] and H [in, in]."""
+    return ((delta @ hessian) * delta).sum(dim=1)
 
 
 def relative_layer_error(W: torch.Tensor, W_new: torch.Tensor, hessian: torch.Tensor) -> float:
     """||X W^T - X W_new^T||^2 / ||X W^T||^2 from H = c X^T X [in, in]; W, W_new [out, in]. In float64."""
     H = hessian.double()
-    delta = (W - W_new).double()
-    W = W.double()
-    return float(((delta @ H) * delta).sum() / ((W @ H) * W).sum())
+    return float(row_objective((W - W_new).double(), H).sum() / row_objective(W.double(), H).sum())
 
 
 def _iterate(W0n: torch.Tensor, system: AdmmSystem, keep: torch.Tensor | None, iterations: int,
-             select: Callable[[int, torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+             select: Callable[[int, torch.Tensor], torch.Tensor | None] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """ADMM on normalised weights W0n [out, in] -> (Z [out, in], keep [out, in] bool, True = kept).
 
     select(step, W + U) -> keep, when given, replaces the mask at that step (None: keep the current one).
+    Four [out, in] float32 buffers besides W0n: the fit target, W, U, and V (W + U, then Z, then the update).
     """
-    target = W0n @ system.hessian  # the fit term's H W0 (rows), fixed
-    W, U = W0n.clone(), torch.zeros_like(W0n)
+    target = system.hessian_times(W0n)
+    W, U, V = W0n.clone(), torch.zeros_like(W0n), torch.empty_like(W0n)
     for step in range(iterations):
-        V = W + U
+        torch.add(W, U, out=V)
         chosen = select(step, V) if select is not None else None
         if chosen is not None:
             keep = chosen
         Z = V.mul_(keep)
         U.add_(W).sub_(Z)
         torch.matmul(Z.sub_(U).mul_(system.rho).add_(target), system.inverse, out=W)
-    return (W + U).mul_(keep), keep
+    del target
+    return torch.add(W, U, out=V).mul_(keep), keep
 
 
 def _unnormalise(Zn: torch.Tensor, W0n: torch.Tensor, keep: torch.Tensor, system: AdmmSystem,
                  dtype: torch.dtype) -> torch.Tensor:
     """Z [out, in] normalised -> W' in W's coordinates and dtype; rows worse than the masked W0 keep that."""
-    masked = W0n * keep
-    worse = row_objective(Zn - W0n, system.hessian, system.damp) > row_objective(masked - W0n, system.hessian,
-                                                                                 system.damp)
+    worse = system.row_objective(Zn - W0n) > system.row_objective(W0n * ~keep)
     if worse.any():
         logger.info("ADMM: %d of %d rows kept the masked original weights (lower layer objective)",
                     int(worse.sum()), worse.numel())
-        Zn[worse] = masked[worse]
+        Zn[worse] = W0n[worse] * keep[worse]
     return Zn.div_(system.scale.unsqueeze(0)).to(dtype)
 
 
