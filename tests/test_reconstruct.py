@@ -197,3 +197,31 @@ def test_depth_ramp_range_matches_the_paper_and_refuses_outside():
         depth_ramp_ratios(32, 0.7, -0.001)
     with pytest.raises(ValueError, match=r"outside \[0, 0.2\]"):
         depth_ramp_ratios(2, 0.1, 0.21)
+
+
+def score_methods():
+    from lib.methods import METHODS
+
+    return sorted(name for name, m in METHODS.items() if m.score is not None)
+
+
+@pytest.mark.parametrize("name", score_methods())
+def test_gradual_admm_takes_every_registered_score(name):
+    """Any registered per-weight score (selectivity, RIA, ...) chooses gradual ADMM's mask through the method's
+    own collectors' statistics: 'spikiness + ADMM' is a configuration; the target is exact per row."""
+    from lib.methods import METHODS
+
+    method = METHODS[name]
+    config = PruneConfig(prune_method=name)
+    W, X = layer_problem(out=16, width=32)
+    token_ids = torch.randint(0, 50, (4, 64), generator=torch.Generator().manual_seed(0))
+    context = method.prepare(token_ids, config) if method.prepare is not None else {}
+    stats: dict = {}
+    for cls in method.collectors:
+        collector = cls(32, config, **context)
+        collector.add_batch(X.reshape(4, -1, 32), token_ids)
+        stats.update(collector.finalize())
+    H = X.T @ X
+    fit, mask = gradual_admm(W, admm_system(H.clone()), 0.5, lambda V: method.score(V, stats, config))
+    assert (mask.sum(dim=1) == 16).all() and (fit[mask] == 0).all()
+    assert relative_layer_error(W, fit, H) < relative_layer_error(W, W * ~mask, H)
