@@ -11,7 +11,8 @@ H = X^T X only (any positive multiple: SparseGPT's collector gives 2 X^T X / n_s
   - ADMM splits W' into W (fit) and Z (masked), with penalty rho (1): Z = mask(W + U); U += W - Z;
     W = (H W0 + rho (Z - U)) (H + rho I)^-1, one inverse per input, and the result is the last Z.
 The gradual mode re-selects the mask from the method's score of W + U during the first prune_steps iterations,
-pruning s * (1 - (1 - t / prune_steps)^3) at step t (upstream's cubic schedule) up to exactly the target.
+pruning s * (1 - (1 - t / prune_steps)^3) at step t = 1 .. prune_steps (upstream's cubic schedule), so the
+last step prunes exactly the target.
 
 Differences from upstream (RESULTS.md): masks use this project's mask function (True = pruned; per row, per
 layer or N:M with any N, M; upstream hard-codes 2:4 and, in its default unstructured mode, prunes the full
@@ -19,8 +20,8 @@ target at every step: its cubic schedule is only on the per-output path); the sc
 (so selectivity or RIA factors choose the mask), upstream's is |W + U| normalised; inputs no token ever reached
 (H_jj = 0) are scaled by 1, not 1e-8; and rows where the last Z is worse on the undamped objective than the
 masked original weights keep the masked original (ADMM after few iterations is not a descent guarantee).
-Memory per linear: two [in, in] float32 matrices (damped Hessian and inverse) and five [out, in] float32
-matrices, on the weight's device (RESULTS.md, "Reconstruction memory at 70B").
+Memory per linear: two [in, in] float32 matrices (the damped system's Cholesky factor and its inverse) and five
+[out, in] float32 matrices, on the weight's device (RESULTS.md, "Reconstruction memory at 70B").
 """
 from __future__ import annotations
 
