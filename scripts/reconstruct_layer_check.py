@@ -13,11 +13,13 @@ Hessians X^T X, SparseGPT's collector) for, at 50%, 70% and 2:4:
   gradual      gradual ADMM with Wanda's score, per row (lib.reconstruct.gradual_admm, 20 iterations, 15 steps)
   sparsegpt    SparseGPT (its own mask and update; blocksize 128, percdamp 0.01)
   sgpt+admm    SparseGPT's mask, kept weights re-fitted by ADMM (is its mask or its update the better part?)
-and the layer's mean over its linears. Float32 on the CPU; nothing is written.
+and the layer's mean over its linears. lib.reconstruct's log says where rows of an ADMM result fell back to the
+masked original weights (none at these defaults). Float32 on the CPU; nothing is written.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -85,6 +87,8 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("lib.reconstruct").setLevel(logging.INFO)
     wanted = sorted({int(i) for i in args.layers.split(",")})
     torch.manual_seed(0)
     config = PruneConfig(prune_method="wanda", nsamples=args.nsamples, seed=args.seed)
