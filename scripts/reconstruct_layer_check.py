@@ -79,6 +79,7 @@ def layer_table(layer_index: int, linears: dict, calib: dict, held: dict, nsampl
               + "  ".join(f"{v:>10.5f}" for v in mean[1]))
 
 
+@torch.no_grad()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
