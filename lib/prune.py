@@ -285,15 +285,18 @@ def prune_linear(name: str, linear: nn.Linear, stats: dict, method: Method, conf
     weight = W.float()
     item = LinearMask(name, weight, stats, method.score(weight, stats, config))
     choose_mask(item, method, config, addons)
+    reconstructions = of_kind(addons, WeightReconstruction)
+    # The dense weights for a reconstruction, kept apart: zeroing below writes into W (weight is W for float32).
+    dense = weight.clone() if reconstructions else None
     column_orders = of_kind(addons, ColumnOrder)
     if column_orders:
         mask = column_orders[0].apply(linear, item)
     else:
         mask = item.mask
         W[mask] = 0
-    for reconstruction in of_kind(addons, WeightReconstruction):
-        pruned = linear.weight.data
-        linear.weight.data = reconstruction.reconstruct(pruned.float(), mask, stats).to(pruned.dtype)
+    for reconstruction in reconstructions:
+        dense = reconstruction.reconstruct(dense, mask, stats)
+        linear.weight.data = dense.to(linear.weight.dtype)
 
 
 def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, dict], method: Method,

@@ -219,7 +219,8 @@ class WeightReconstruction(AddOn):
     kind, selector, off = "weight reconstruction", "reconstruct", "none"
 
     def reconstruct(self, W: torch.Tensor, mask: torch.Tensor, stats: dict) -> torch.Tensor:
-        """W [out, in] float (pruned weights zero), mask [out, in] stored order -> W' [out, in], zero where mask."""
+        """W [out, in] float, the weights before the mask (the dense layer's, or an earlier reconstruction's),
+        mask [out, in] (True = pruned) in the stored order -> W' [out, in] float, zero where mask."""
         raise NotImplementedError
 
 
