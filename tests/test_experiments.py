@@ -301,10 +301,12 @@ def test_sigterm_and_ctrl_c_stop_the_batch_and_its_workers_and_a_rerun_resumes(g
                                                                               status):
     token = uuid.uuid4().hex
     proc = start_runner(grid_file, "--executor", executor, "--workers", "2", "--gpus", token=token)
-    for line in proc.stdout:  # the first run has started
+    for line in proc.stdout:  # the first run has started (processes: once a worker opened a run's log)
         if line.startswith("== (1/") or line.startswith("5 runs on 2 workers"):
             break
-    time.sleep(1.0)
+    deadline = time.time() + 60
+    while executor == "processes" and not list((tmp_path / "results").rglob("run.log")) and time.time() < deadline:
+        time.sleep(0.05)
     if sig == signal.SIGINT and executor == "processes":
         for pid in processes_with(token):  # Ctrl-C: the terminal signals the whole foreground group
             os.kill(pid, sig)
@@ -318,8 +320,152 @@ def test_sigterm_and_ctrl_c_stop_the_batch_and_its_workers_and_a_rerun_resumes(g
     assert processes_with(token) == []  # no worker outlives the runner
     done = results_of(tmp_path / "results")
     assert len(done) < 5
+    if sig == signal.SIGINT:
+        return
     rerun = start_runner(grid_file, "--executor", executor, "--gpus", token=token)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert f"{len(done)} finished, {5 - len(done)} to run" in out
     assert len(results_of(tmp_path / "results")) == 5
+
+
+# ---------------------------------------------------------------- Slurm
+
+
+def test_slurm_executor_through_submitits_debug_executor(grid_file, tmp_path, fresh_main, capsys):
+    assert experiment.main(["run", str(grid_file), "--executor", "slurm", "--slurm_cluster", "debug", "--wait",
+                            "--per_task", "model"]) == 0
+    assert len(results_of(tmp_path / "results")) == 5
+    assert "submitted 5 runs as 1 array tasks" in capsys.readouterr().out
+    assert "wrote " in (tmp_path / "results/wanda_owl/seed1/run.log").read_text()
+
+
+STUB = r"""#!{python}
+# A stand-in for Slurm's {name}. sbatch keeps the job script, prints the job id and runs the array tasks here in the
+# background, one after another, with the environment Slurm gives a task (STUB_HOLD: leaves them pending); srun runs
+# its command with --output/--error; sacct reports the states kept in $STUB_SLURM/states.json.
+import json, os, re, subprocess, sys
+from pathlib import Path
+root = Path(os.environ["STUB_SLURM"])
+states_path = root / "states.json"
+name = "{name}"
+
+
+def states():
+    return json.loads(states_path.read_text()) if states_path.exists() else {{}}
+
+
+def save(new):
+    tmp = root / "states.tmp"
+    tmp.write_text(json.dumps(new))
+    os.replace(tmp, states_path)
+
+
+def run_job(job, tasks):
+    for task in tasks:
+        task_id = f"{{job}}_{{task}}" if task is not None else job
+        save({{**states(), task_id: "RUNNING"}})
+        env = {{**os.environ, "SLURM_JOB_ID": job if task is None else f"{{job}}{{task:03d}}", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+               "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "node1",
+               "SLURM_CPUS_PER_TASK": "1"}}
+        if task is not None:
+            env.update(SLURM_ARRAY_JOB_ID=job, SLURM_ARRAY_TASK_ID=str(task))
+        code = subprocess.call(["bash", str(root / f"job{{job}}.sh")], env=env)
+        save({{**states(), task_id: "COMPLETED" if code == 0 else "FAILED"}})
+
+
+if name == "sbatch" and sys.argv[1] == "--stub-run":
+    run_job(sys.argv[2], [None if t == "-" else int(t) for t in sys.argv[3:]])
+elif name == "sbatch":
+    script = Path(sys.argv[-1]).read_text()
+    job = str(1000 + len(list(root.glob("job*.sh"))))
+    (root / f"job{{job}}.sh").write_text(script)
+    array = re.search(r"#SBATCH --array=0-(\d+)%(\d+)", script)
+    tasks = [str(t) for t in range(int(array.group(1)) + 1)] if array else ["-"]
+    save({{**states(), **{{(f"{{job}}_{{t}}" if t != "-" else job): "PENDING" for t in tasks}}}})
+    if not os.environ.get("STUB_HOLD"):
+        subprocess.Popen([sys.executable, __file__, "--stub-run", job, *tasks], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print(f"Submitted batch job {{job}}")
+elif name == "srun":
+    args = sys.argv[1:]
+    out = err = None
+    while args[0].startswith("--"):
+        flag = args.pop(0)
+        if flag in ("--output", "--error"):
+            value = args.pop(0)
+            for key, env in (("%A", "SLURM_ARRAY_JOB_ID"), ("%a", "SLURM_ARRAY_TASK_ID"), ("%j", "SLURM_JOB_ID"),
+                             ("%t", "SLURM_PROCID")):
+                value = value.replace(key, os.environ.get(env, "0"))
+            out, err = (value, err) if flag == "--output" else (out, value)
+    with open(out, "a") as o, open(err, "a") as e:
+        sys.exit(subprocess.call(" ".join(args), shell=True, stdout=o, stderr=e))
+elif name == "sacct":
+    jobs = [sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == "-j"]
+    print("JobID|State|NodeList")
+    for task_id, state in states().items():
+        if task_id.split("_")[0] in jobs:
+            print(f"{{task_id}}|{{state}}|node1")
+"""
+
+
+def wait_for_stub_jobs(root: Path) -> dict:
+    """The stub cluster's states once no task is pending or running."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        states = json.loads((root / "states.json").read_text()) if (root / "states.json").exists() else {}
+        if states and not {"PENDING", "RUNNING"} & set(states.values()):
+            return states
+        time.sleep(0.2)
+    raise TimeoutError(f"stub Slurm jobs still pending or running: {states}")
+
+
+@pytest.fixture
+def stub_slurm(tmp_path, monkeypatch):
+    """sbatch, srun and sacct stubs first on PATH; the folder holding the job scripts and states."""
+    root = tmp_path / "slurm"
+    root.mkdir()
+    for name in ("sbatch", "srun", "sacct", "scancel", "scontrol"):
+        (root / name).write_text(STUB.format(python=sys.executable, name=name))
+        (root / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{root}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STUB_SLURM", str(root))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    return root
+
+
+def test_slurm_job_array_environment_and_resubmission(grid_file, tmp_path, stub_slurm, monkeypatch, capsys):
+    monkeypatch.setenv("WANDA_DATA_DIR", "/data/shared")
+    flags = ["--labels", "wanda*", "--executor", "slurm", "--partition", "gpu", "--time", "240", "--gpus_per_task",
+             "1", "--cpus_per_task", "4", "--array_parallelism", "2", "--sbatch", "qos=high"]
+    assert experiment.main(["run", str(grid_file), *flags]) == 0
+    assert "submitted 3 runs as 3 array tasks of job 1000" in capsys.readouterr().out
+    script = (stub_slurm / "job1000.sh").read_text()
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --time=240", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --qos=high", "#SBATCH --signal=USR2@90",
+                 f"export PYTHONPATH={REPO}", "export WANDA_DATA_DIR=/data/shared",
+                 "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}"):
+        assert line in script, line
+    assert set(wait_for_stub_jobs(stub_slurm).values()) == {"COMPLETED"}
+    assert len(results_of(tmp_path / "results")) == 3
+    assert "wrote " in (tmp_path / "results/wanda/seed1/run.log").read_text()  # each run's log in its folder
+
+    # A failed or lost run is resubmitted alone by the same command; the finished ones are not.
+    (tmp_path / "results/wanda/seed0/results.json").unlink()
+    assert experiment.main(["run", str(grid_file), *flags]) == 0
+    assert "#SBATCH --array" not in (stub_slurm / "job1001.sh").read_text()  # one task: a plain job
+    wait_for_stub_jobs(stub_slurm)
+    assert len(results_of(tmp_path / "results")) == 3
+
+    # A run whose job is still queued is not submitted twice; once that job failed, it is.
+    (tmp_path / "results/wanda/seed1/results.json").unlink()
+    monkeypatch.setenv("STUB_HOLD", "1")
+    assert experiment.main(["run", str(grid_file), *flags]) == 0
+    capsys.readouterr()
+    assert experiment.main(["run", str(grid_file), *flags]) == 0
+    assert "queued wanda seed 1 (" in capsys.readouterr().out
+    assert len(list(stub_slurm.glob("job*.sh"))) == 3
+    (stub_slurm / "states.json").write_text(json.dumps({**json.loads((stub_slurm / "states.json").read_text()),
+                                                        "1002": "FAILED"}))
+    assert experiment.main(["run", str(grid_file), *flags]) == 0
+    assert len(list(stub_slurm.glob("job*.sh"))) == 4

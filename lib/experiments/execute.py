@@ -92,16 +92,18 @@ def prepared_main():
 
 @contextlib.contextmanager
 def output_to(path: Path | None) -> Iterator[None]:
-    """stdout and stderr (the file descriptors, so logging, tqdm and C libraries too) appended to path."""
+    """stdout and stderr appended to path: the file descriptors (C libraries, a logging handler made earlier) and
+    sys.stdout/sys.stderr (print, tqdm, also where they were replaced, as under pytest)."""
     if path is None:
         yield
         return
     sys.stdout.flush(), sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(path, "a") as handle:
+    with open(path, "a", buffering=1) as handle:
         os.dup2(handle.fileno(), 1), os.dup2(handle.fileno(), 2)
         try:
-            yield
+            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+                yield
         finally:
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
