@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import os
 import sys
 import tomllib
 from pathlib import Path

@@ -17,7 +17,7 @@ import pytest
 import experiment  # scripts/
 import main
 from lib.experiments import execute
-from lib.experiments.grid import GridError, expand, load_grid
+from lib.experiments.grid import expand, load_grid
 from lib.experiments.resume import why_unfinished
 
 REPO = Path(__file__).resolve().parent.parent

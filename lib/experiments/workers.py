@@ -11,7 +11,6 @@ pool returns with 130 (Ctrl-C) or 143 (SIGTERM) among the statuses.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import queue
 import signal
@@ -24,7 +23,6 @@ from typing import Callable
 
 from lib.experiments.execute import INTERRUPTED, Signals
 
-log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 GRACE_S = 10.0  # after Ctrl-C, how long workers get to stop on their own before SIGTERM
 
