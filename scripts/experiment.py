@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import math
 import sys
 import tomllib
 from pathlib import Path
@@ -205,11 +206,20 @@ def execute_slurm(todo: list[Run], grid: Grid, args: argparse.Namespace) -> int:
     return finish([t["folder"] for g, e in zip(groups, errors) if e for t in g], None)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
-    return value
+def bounded(kind: type, least: float):
+    """An argparse type: a finite number of kind, >= least."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < least:
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number >= {least:g}")
+        return value
+    return parse
+
+
+positive_int, natural = bounded(int, 1), bounded(int, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (run, report):
         sub.add_argument("grid", type=Path, help="a grid file, e.g. experiments/addons.toml")
         sub.add_argument("--models", nargs="+", help="replace the grid's models (e.g. gemma3-270m)")
-        sub.add_argument("--seeds", nargs="+", type=int, help="replace the grid's seeds")
+        sub.add_argument("--seeds", nargs="+", type=natural, help="replace the grid's seeds")
         sub.add_argument("--labels", nargs="+", metavar="PATTERN", help="only the runs whose label matches (u50_*)")
         sub.add_argument("--results_dir", help="replace the grid's results_dir")
         sub.add_argument("--protocol", help="replace the grid's protocol (lib/protocols.py)")
@@ -240,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--partition")
     slurm.add_argument("--account")
     slurm.add_argument("--time", type=positive_int, default=60, help="minutes per array task (default 60)")
-    slurm.add_argument("--gpus_per_task", type=int, default=1)
+    slurm.add_argument("--gpus_per_task", type=natural, default=1, help="0: a CPU job")
     slurm.add_argument("--cpus_per_task", type=positive_int, default=8)
-    slurm.add_argument("--mem_gb", type=float)
+    slurm.add_argument("--mem_gb", type=bounded(float, 0.001))
     slurm.add_argument("--array_parallelism", type=positive_int, default=64, help="array tasks running at once")
     slurm.add_argument("--per_task", choices=["run", "model"], default="run",
                        help="an array task per run (default) or per model (the model loaded once per task)")
