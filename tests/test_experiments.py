@@ -469,3 +469,18 @@ def test_slurm_job_array_environment_and_resubmission(grid_file, tmp_path, stub_
                                                         "1002": "FAILED"}))
     assert experiment.main(["run", str(grid_file), *flags]) == 0
     assert len(list(stub_slurm.glob("job*.sh"))) == 4
+
+
+def test_every_grid_file_in_experiments_expands_and_shared_labels_agree():
+    # A label means one configuration everywhere: the Gemma3 subset and the add-on grid share folders' names.
+    import main
+
+    flags = main.build_parser()._option_string_actions
+    settings_of: dict[str, dict] = {}
+    for path in sorted((REPO / "experiments").glob("*.toml")):
+        runs = expand(load_grid(path))
+        assert runs, path
+        for run in runs:
+            assert all(f"--{name}" in flags for name in run.settings), (path, run.label)
+            if path.stem.startswith("addons"):
+                assert settings_of.setdefault(run.label, run.settings) == run.settings, (path, run.label)
