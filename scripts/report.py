@@ -369,7 +369,8 @@ def plot_by_method(rows: pd.DataFrame, path: Path, baseline: str = "wanda") -> N
     for ax, (key, group) in zip(axes[:, 0], panels):
         x = list(range(len(group)))
         heights = group["ppl_mean"].tolist()
-        ax.bar(x, [h if math.isfinite(h) else math.nan for h in heights], yerr=group["ppl_std"].fillna(0.0).tolist(), capsize=4,
+        ax.bar(x, [h if math.isfinite(h) else math.nan for h in heights], yerr=group["ppl_std"].fillna(0.0).tolist(),
+               capsize=4,
                color=["tab:gray" if m == baseline else "tab:blue" for m in group["method"]])
         ax.set_xticks(x, [_label(r) for _, r in group.iterrows()], rotation=20, ha="right", fontsize=8)
         dense = group["ppl_dense"].dropna()

@@ -90,8 +90,8 @@ def _check_settings(path: Path, key: str, table: Any) -> dict[str, Any]:
         raise _fail(path, key, f"must be a table of settings, not {type(table).__name__} {table!r}")
     for name, value in table.items():
         if name in RUNNER_SETTINGS:
-            raise _fail(path, f"{key}.{name}", f"is set by the runner; use the grid's top-level "
-                                               f"{'models' if name == 'model' else name + 's' if name == 'seed' else 'keys'}")
+            instead = {"model": "models", "seed": "seeds"}.get(name, "keys")
+            raise _fail(path, f"{key}.{name}", f"is set by the runner; use the grid's top-level {instead}")
         if not isinstance(value, (str, int, float)):  # bool is an int
             raise _fail(path, f"{key}.{name}", f"must be a string, number or boolean, not {type(value).__name__} "
                                                f"{value!r}")
