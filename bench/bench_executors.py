@@ -81,7 +81,8 @@ def main() -> int:
         runner = [sys.executable, str(ROOT / "scripts/experiment.py"), "run"]
         methods = ["wanda", "magnitude", "wanda_spiky", "ria"]  # x 2 seeds = 8 runs
         print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python "
-              f"{platform.python_version()}; 8 runs ({', '.join(methods)} x seeds 0, 1), tiny Llama 4 layers, nsamples 8, seqlen 128, eval_limit 8")
+              f"{platform.python_version()}; 8 runs ({', '.join(methods)} x seeds 0, 1), tiny Llama 4 layers, "
+              "nsamples 8, seqlen 128, eval_limit 8")
 
         def grid_run(flags, n=methods, seeds=(0, 1)):
             return lambda i: ([*runner, str(grid_file(root, f"g{time.time_ns()}", model, n, list(seeds),

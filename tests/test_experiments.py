@@ -366,7 +366,8 @@ def run_job(job, tasks):
         task_id = f"{{job}}_{{task}}" if task is not None else job
         save({{**states(), task_id: "RUNNING"}})
         env = {{**os.environ, "SLURM_JOB_ID": job if task is None else f"{{job}}{{task:03d}}", "SLURM_NTASKS": "1",
-               "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "node1",
+               "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+               "SLURM_JOB_NODELIST": "node1",
                "SLURM_CPUS_PER_TASK": "1"}}
         if task is not None:
             env.update(SLURM_ARRAY_JOB_ID=job, SLURM_ARRAY_TASK_ID=str(task))
