@@ -24,6 +24,7 @@ from pathlib import Path
 from lib.experiments.execute import INTERRUPTED, Signals
 from lib.experiments.grid import Grid, GridError, Run, expand, load_grid
 from lib.experiments.resume import read_results, why_unfinished
+from lib.experiments.slurm import SlurmError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -179,13 +180,11 @@ def execute_slurm(todo: list[Run], grid: Grid, args: argparse.Namespace) -> int:
     from lib.experiments.slurm import JobBook, SlurmSettings, submit, wait
 
     log_folder = grid.results_dir / ".slurm"
-    book, queued = JobBook(log_folder), []
+    active = JobBook(log_folder).active([r.folder for r in todo]) if args.slurm_cluster == "slurm" else {}
     for run in todo:
-        job_id = book.active(run.folder, log_folder) if args.slurm_cluster == "slurm" else None
-        if job_id:
-            say(f"queued {name(run)}: still in job {job_id}, not submitted again")
-            queued.append(run)
-    todo = [r for r in todo if r not in queued]
+        if run.folder in active:
+            say(f"queued {name(run)}: still in job {active[run.folder]}, not submitted again")
+    todo = [r for r in todo if r.folder not in active]
     if not todo:
         return 0
     tasks = [{"argv": r.argv(), "folder": str(r.folder), "expected": expected_settings(r)} for r in todo]
@@ -295,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.executor == "processes":
             return execute_processes(todo, args.workers, args.gpus)
         return execute_slurm(todo, grid, args)
-    except (GridError, UsageError) as err:
+    except (GridError, UsageError, SlurmError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

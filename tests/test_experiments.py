@@ -136,7 +136,7 @@ def test_a_damaged_grid_is_one_line_naming_file_and_key(tmp_path, capsys, text, 
     (["--protocol", "fast"], "--protocol 'fast' is not one of"),
     (["--set", "nsamples"], "--set 'nsamples': use KEY=VALUE"),
     (["--sbatch", "qos"], "--sbatch ['qos']: use KEY=VALUE"),
-    (["--workers", "0"], "argument --workers: 0 must be >= 1"),
+    (["--workers", "0"], "argument --workers: 0 must be a finite number >= 1"),
     (["--executor", "mpi"], "argument --executor: invalid choice: 'mpi'"),
 ])
 def test_bad_runner_flags_are_one_line(grid_file, capsys, flags, message):
@@ -433,6 +433,17 @@ def stub_slurm(tmp_path, monkeypatch):
     monkeypatch.setenv("STUB_SLURM", str(root))
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     return root
+
+
+def test_slurm_errors_are_one_line(grid_file, tmp_path, stub_slurm, monkeypatch, capsys):
+    (stub_slurm / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpux' >&2\nexit 1\n")
+    assert experiment.main(["run", str(grid_file), "--executor", "slurm", "--partition", "gpux"]) == 2
+    err = capsys.readouterr().err  # sbatch's own message passes through, then one line of ours
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "error: sbatch refused the job array: sbatch: error: invalid partition specified: gpux")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no srun
+    assert experiment.main(["run", str(grid_file), "--executor", "slurm"]) == 2
+    assert "no Slurm here (srun is not on PATH)" in capsys.readouterr().err
 
 
 def test_slurm_job_array_environment_and_resubmission(grid_file, tmp_path, stub_slurm, monkeypatch, capsys):

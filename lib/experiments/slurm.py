@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.slurm.slurm import SlurmInfoWatcher
 
 from lib.experiments.execute import INTERRUPTED, Signals, run_one
 from lib.experiments.resume import why_unfinished
@@ -26,6 +28,10 @@ REPO = Path(__file__).resolve().parents[2]
 # sacct states of a job that will still run or is running: rerunning the command must not submit it twice.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
           "REQUEUE_FED"}
+
+
+class SlurmError(RuntimeError):
+    """Slurm could not be asked (no srun, sbatch refused, sacct silent): one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -101,13 +107,22 @@ class JobBook:
         except (OSError, ValueError):
             self.jobs = {}
 
-    def active(self, run_folder: Path, log_folder: Path) -> str | None:
-        """The id of the job that still holds this run (queued or running), else None."""
-        job_id = self.jobs.get(str(run_folder))
-        if job_id is None:
-            return None
-        state = submitit.SlurmJob(folder=log_folder, job_id=job_id).state
-        return job_id if state.split()[0] in ACTIVE else None
+    def active(self, run_folders: list[Path]) -> dict[Path, str]:
+        """The runs whose latest job is still queued or running -> that job's id (one sacct call for all)."""
+        recorded = {f: self.jobs[str(f)] for f in run_folders if str(f) in self.jobs}
+        if not recorded:
+            return {}
+        arrays = sorted({job_id.split("_")[0] for job_id in recorded.values()})
+        try:
+            done = subprocess.run(["sacct", "-o", "JobID,State,NodeList", "--parsable2",
+                                   *[arg for a in arrays for arg in ("-j", a)]],
+                                  capture_output=True, text=True, timeout=120, check=True)
+        except (OSError, subprocess.SubprocessError) as err:
+            raise SlurmError(f"sacct could not tell whether jobs {' '.join(arrays)} still run ({err}); rerun "
+                               "when it answers") from None
+        info = SlurmInfoWatcher().read_info(done.stdout)
+        return {f: job_id for f, job_id in recorded.items()
+                if (info.get(job_id, {}).get("State") or "UNKNOWN").split()[0] in ACTIVE}
 
     def record(self, folders: list[Path], job_id: str) -> None:
         self.jobs.update({str(f): job_id for f in folders})
@@ -121,10 +136,16 @@ def submit(groups: list[list[dict]], settings: SlurmSettings, log_folder: Path, 
     """One array task per group of tasks ({"argv", "folder", "expected"}); the submitit jobs, in group order."""
     executor = submitit.AutoExecutor(folder=log_folder, cluster=None if cluster == "slurm" else cluster)
     if cluster == "slurm" and executor.cluster != "slurm":
-        raise RuntimeError("--executor slurm: no Slurm here (srun is not on PATH)")
-    executor.update_parameters(**(settings.parameters() if executor.cluster == "slurm" else
-                                  {"timeout_min": settings.time_min}))
-    jobs = executor.map_array(RunGroup(), groups)
+        raise SlurmError("--executor slurm: no Slurm here (srun is not on PATH); --slurm_cluster local runs the "
+                         "same path without a cluster")
+    try:
+        executor.update_parameters(**(settings.parameters() if executor.cluster == "slurm" else
+                                      {"timeout_min": settings.time_min}))
+        jobs = executor.map_array(RunGroup(), groups)
+    except (ValueError, subprocess.SubprocessError, submitit.core.utils.FailedSubmissionError,
+            submitit.core.utils.FailedJobError) as err:
+        text = str(err).strip().splitlines()
+        raise SlurmError(f"sbatch refused the job array: {text[0] if text else type(err).__name__}") from None
     book = JobBook(log_folder)
     for job, group in zip(jobs, groups):
         book.record([Path(t["folder"]) for t in group], job.job_id)
