@@ -52,9 +52,9 @@ def grid_file(tmp_path, tiny_model_dir, data_dir):
 @pytest.fixture
 def fresh_main(monkeypatch):
     """main's readers as they are, restored after the test (the local executor memoises them in this process)."""
-    for name in ("load_with_store", "load_wikitext2_rows", "load_calibration_texts", "load_tokenizer", "load_config",
-                 "wikitext2_ids"):
-        monkeypatch.setattr(main, name, getattr(main, name))
+    for name in ("load_with_store", "wikitext2_ids", *execute.READERS):
+        if hasattr(main, name):
+            monkeypatch.setattr(main, name, getattr(main, name))
     execute.prepared_main.cache_clear()
     yield
     execute.prepared_main.cache_clear()
@@ -182,6 +182,10 @@ def test_resume_rule(tmp_path):
     assert "records dsnot_cycles=50" in why_unfinished(path, {**expected, "dsnot_cycles": 10})  # nested config
     assert "records eval_limit=null" in why_unfinished(path, {**expected, "eval_limit": 32})
     assert "records seed=0" in why_unfinished(path, {**expected, "seed": False})  # a boolean is not a number
+    # A top-level key may hold what main.py resolved a setting to; "<name>_setting" then holds the setting.
+    write(path, {**GOOD, "bos": "always", "bos_setting": "auto"})
+    assert why_unfinished(path, {**expected, "bos": "auto"}) is None
+    assert "records bos=\"auto\", this run has bos=\"never\"" in why_unfinished(path, {**expected, "bos": "never"})
     write(path, '{"model": "m", "ppl_pru')
     assert "is not valid JSON" in why_unfinished(path, expected)
     write(path, json.dumps(GOOD).replace("12.5", "NaN"))

@@ -66,10 +66,18 @@ def load_once(real):
     return load
 
 
+# main's readers of the data, tokenizer and config, memoised per process (whichever of these main.py has).
+READERS = ("load_wikitext2_rows", "load_eval_text", "load_calibration_texts", "load_tokenizer", "load_config",
+           "tokenize_eval")
+
+
 def cache_data(main_module) -> None:
     """Read and tokenise each data file once: main.check's readers, memoised on their arguments."""
-    for name in ("load_wikitext2_rows", "load_calibration_texts", "load_tokenizer", "load_config"):
-        setattr(main_module, name, functools.lru_cache(maxsize=None)(getattr(main_module, name)))
+    for name in READERS:
+        if hasattr(main_module, name):
+            setattr(main_module, name, functools.lru_cache(maxsize=None)(getattr(main_module, name)))
+    if not hasattr(main_module, "wikitext2_ids"):
+        return
     ids, tokenize = {}, main_module.wikitext2_ids
 
     def wikitext2_ids(rows, tokenizer):

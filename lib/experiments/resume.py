@@ -57,8 +57,9 @@ def perplexity_problem(results: dict, key: str = "ppl_pruned") -> str | None:
 
 def recorded(results: dict, name: str) -> Any:
     """The value results.json records for a setting: its "config" (the pruning settings, and any table nested there)
-    first, then the top level (the run settings; a top-level key may instead hold a measurement, like the per-layer
-    "layer_ratios" list OWL computed from the setting "owl")."""
+    first, then "<name>_setting" at the top level (where the top-level key holds what main.py resolved the setting
+    to, as "bos": "always" for "bos_setting": "auto"), then the top level itself (the run settings; a top-level key
+    may instead hold a measurement, like the per-layer "layer_ratios" list OWL computed from the setting "owl")."""
     tables = [results.get("config")]
     while tables:
         table = tables.pop(0)
@@ -66,7 +67,7 @@ def recorded(results: dict, name: str) -> Any:
             if name in table:
                 return table[name]
             tables += [v for v in table.values() if isinstance(v, dict)]
-    return results.get(name, _MISSING)
+    return results.get(f"{name}_setting", results.get(name, _MISSING))
 
 
 def same(recorded_value: Any, expected: Any) -> bool:
