@@ -439,6 +439,22 @@ def stub_slurm(tmp_path, monkeypatch):
     return root
 
 
+def test_an_array_task_skips_what_it_finished_before_a_requeue_and_fails_on_a_failed_run(grid_file, fresh_main):
+    # submitit requeues a preempted or timed-out task with the same arguments: the task resumes by the rule.
+    from lib.experiments.slurm import RunGroup
+
+    runs = expand(load_grid(grid_file))[:2]
+    tasks = [{"argv": r.argv(), "folder": str(r.folder), "expected": experiment.expected_settings(r)} for r in runs]
+    assert RunGroup()(tasks) == [0, 0]
+    before = [(r.folder / "results.json").stat().st_mtime_ns for r in runs]
+    assert RunGroup()(tasks) == [0, 0]  # the requeued task: nothing reruns
+    assert [(r.folder / "results.json").stat().st_mtime_ns for r in runs] == before
+    (runs[1].folder / "results.json").unlink()
+    bad = {**tasks[1], "argv": tasks[1]["argv"] + ["--owl_m", "0"]}
+    with pytest.raises(RuntimeError, match=f"1 of 2 runs failed or were stopped: {runs[1].folder}; see run.log"):
+        RunGroup()([tasks[0], bad])  # the task fails in sacct, so the next submission includes it
+
+
 def test_slurm_errors_are_one_line(grid_file, tmp_path, stub_slurm, monkeypatch, capsys):
     (stub_slurm / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpux' >&2\nexit 1\n")
     assert experiment.main(["run", str(grid_file), "--executor", "slurm", "--partition", "gpux"]) == 2

@@ -10,12 +10,17 @@ pool returns with 130 (Ctrl-C) or 143 (SIGTERM) among the statuses.
 """
 from __future__ import annotations
 
+import signal
+import sys
+
+if __name__ == "__main__":  # a worker: Ctrl-C or SIGTERM before its loop starts is a quiet exit
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
 import json
 import os
 import queue
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -132,6 +137,7 @@ def worker_main(reply_fd: int) -> int:
     """Run the tasks read from stdin one by one, replying with each exit status; stop after an interrupted one."""
     from lib.experiments.execute import run_one
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     Signals.install()
     with os.fdopen(reply_fd, "w", buffering=1) as replies:
         try:
