@@ -21,11 +21,13 @@ import argparse
 import itertools
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import report  # scripts/report.py, beside this file (a script's folder is on sys.path)
+from lib.experiments.execute import INTERRUPTED, Signals
 from lib.experiments.resume import why_unfinished
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,14 +108,30 @@ class Runner:
         with open(folder / "run.log", "w") as log:
             log.write("$ " + shlex.join(command) + "\n")
             log.flush()
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-        if code == 130:  # main.py was interrupted (Ctrl-C): stop the sweep, a rerun resumes it
+            code = run_child(command, log)
+        if code in INTERRUPTED:  # main.py was interrupted (Ctrl-C, SIGTERM): stop the sweep, a rerun resumes it
             print(f"interrupted {folder.relative_to(self.root)}: sweep stopped (rerun to resume)", file=sys.stderr)
-            raise SystemExit(130)
+            raise SystemExit(Signals.status() if Signals.terminated else code)
         if code != 0 or not (folder / "results.json").is_file():
             print(f"FAILED {folder.relative_to(self.root)} (exit {code}); see {folder / 'run.log'}", file=sys.stderr)
             self.failed.append(str(folder.relative_to(self.root)))
         return folder
+
+
+def run_child(command: list[str], log) -> int:
+    """main.py as a child process -> its exit status. Ctrl-C reaches it with the terminal's process group; a SIGTERM
+    to this process is passed on to it, and either way it is waited for (it removes what it had half-written)."""
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        if Signals.terminated:
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
 
 
 def mean_ppl(folders: list[Path]) -> tuple[dict[int, float], float]:
@@ -227,8 +245,9 @@ def write_summary(path: Path, args: argparse.Namespace, grid: list[dict], order:
 
 
 if __name__ == "__main__":
+    Signals.install()  # SIGTERM (Slurm's preemption and time limit) stops the sweep like Ctrl-C, exit 143
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # Ctrl-C reaches this process and the current main.py together
         print("\ninterrupted: sweep stopped (rerun to resume)", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(Signals.status())

@@ -198,6 +198,12 @@ while i < len(args):
 method, seed, split = opts["prune_method"], int(opts["seed"]), opts.get("eval_split", "test")
 if "%s/%d" % (method, seed) in os.environ.get("FAKE_FAIL", "").split():
     sys.exit("fake failure")
+if os.environ.get("FAKE_SLEEP"):  # a long run that stops on SIGTERM as main.py does (exit 143)
+    import signal, time
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with open(os.environ["FAKE_SLEEP"], "w") as pid:
+        pid.write(str(os.getpid()))
+    time.sleep(60)
 tau = float(opts.get("sel_tau_percentile", 0.6))
 best_tau = 0.7 if split == "validation" else 0.5  # the test set prefers another setting than validation
 ppl = 20.0 + seed if method == "wanda" else 19.0 + seed + 10 * abs(tau - best_tau)
@@ -285,6 +291,29 @@ def test_selectivity_sweep_selects_on_validation_only(tmp_path: Path, fake_pytho
         "--tau_percentile", "0.5", "0.6", "0.7", "--top_quantile", "0.9", "--idf_exp", "1", "--spiky_exp", "1",
         "--nsamples", "4", "--seqlen", "16", "--eval_limit", "2"]) == 0
     assert len(calls(tmp_path)) == len(runs)
+
+
+def test_sigterm_stops_the_sweep_and_its_main_py(tmp_path, fake_python):
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    env = {**os.environ, "FAKE_SLEEP": str(pid_file), "PYTHONPATH": str(REPO)}
+    sweep = subprocess.Popen([sys.executable, str(REPO / "scripts/sweep_selectivity.py"), "--model", "tiny", "--python",
+                              str(fake_python), "--results_dir", str(tmp_path / "results"), "--tau_percentile", "0.6",
+                              "--top_quantile", "0.9", "--idf_exp", "1", "--spiky_exp", "1"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    child = int(pid_file.read_text())
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=60)
+    assert sweep.returncode == 143, err
+    assert "Traceback" not in err and "sweep stopped (rerun to resume)" in err
+    with pytest.raises(ProcessLookupError):  # the child main.py was stopped too, not orphaned
+        os.kill(child, 0)
 
 
 def test_beyond_wanda_table_columns_pairs_and_best(tmp_path: Path) -> None:
