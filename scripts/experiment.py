@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import math
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -34,7 +35,11 @@ class UsageError(ValueError):
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    """A progress line; once the reader of stdout is gone (| head), the batch goes on without it."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")
 
 
 def expected_settings(run: Run) -> dict:
