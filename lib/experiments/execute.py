@@ -18,7 +18,8 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Iterator
+from types import FrameType, ModuleType
+from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 INTERRUPTED = (130, 143)  # main.py's and the runner's exit statuses for Ctrl-C and SIGTERM
@@ -36,7 +37,7 @@ class Signals:
             signal.signal(signal.SIGTERM, cls._on_sigterm)
 
     @classmethod
-    def _on_sigterm(cls, signum, frame) -> None:
+    def _on_sigterm(cls, signum: int, frame: FrameType | None) -> None:
         cls.terminated = True
         raise KeyboardInterrupt
 
@@ -46,7 +47,7 @@ class Signals:
         return 143 if cls.terminated else 130
 
 
-def load_once(real):
+def load_once(real: Callable) -> Callable:
     """main.load_with_store that loads on the first call for a model and afterwards restores its dense weights in
     place. A model that is offloaded (too big to keep a dense copy in memory) is loaded afresh for every run."""
     kept: dict = {}
@@ -71,7 +72,7 @@ READERS = ("load_wikitext2_rows", "load_eval_text", "load_calibration_texts", "l
            "tokenize_eval")
 
 
-def cache_data(main_module) -> None:
+def cache_data(main_module: ModuleType) -> None:
     """Read and tokenise each data file once: main.check's readers, memoised on their arguments."""
     for name in READERS:
         if hasattr(main_module, name):
@@ -89,7 +90,7 @@ def cache_data(main_module) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def prepared_main():
+def prepared_main() -> ModuleType:
     """main, with the model kept per model and the data read once (patched once per process)."""
     import main
 

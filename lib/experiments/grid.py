@@ -98,7 +98,7 @@ def _check_settings(path: Path, key: str, table: Any) -> dict[str, Any]:
     return dict(table)
 
 
-def _list_of(path: Path, key: str, value: Any, kind: type) -> list:
+def _list_of(path: Path, key: str, value: Any, kind: type | tuple) -> list:
     """A non-empty list whose items are all of kind (bool is not an int here)."""
     if (not isinstance(value, list) or not value
             or any(not isinstance(v, kind) or isinstance(v, bool) for v in value)):
