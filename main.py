@@ -5,34 +5,33 @@
 """
 from __future__ import annotations
 
-import os
-import signal
 import sys
 
 if __name__ == "__main__":
-    # Ctrl-C during the imports below (seconds) would print their traceback; nothing has been written yet.
-    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ninterrupted during startup; nothing written\n"),
-                                             os._exit(130)))
+    # Ctrl-C or SIGTERM during the imports below (seconds) would print their traceback; nothing is written yet.
+    from lib.cli import quiet_startup
+
+    quiet_startup()
 
 import argparse
 import json
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lib.checks import check_finite_weights, check_model_target, check_output_dir, json_safe, locate_non_finite
+from lib.checks import check_apart, check_finite_weights, check_free_space, check_model_target, check_output_dir, \
+    json_safe, locate_non_finite
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, PruneConfig, RunConfig
 from lib.data import c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
     wikitext2_file, wikitext2_ids
 from lib.eval import eval_ppl
 from lib.methods import METHODS, Method, find_method
-from lib.models import find_decoder_layers, find_linears, load_config, load_tokenizer, \
+from lib.models import check_weights_match, find_decoder_layers, find_linears, load_config, load_tokenizer, \
     max_sequence_length, resolve_model
 from lib.offload import LayerStore, load_with_store
 from lib.protocols import PROTOCOLS, protocol_settings
@@ -81,9 +80,9 @@ def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = 
     return requested
 
 
-def check_structure(model_config, config: PruneConfig) -> None:
-    """Build the model on the meta device (no weights, no memory): decoder layers found, widths fit N:M and
-    --blocksize."""
+def check_structure(model_config, config: PruneConfig, folder: Path | None = None) -> int:
+    """Build the model on the meta device (no weights, no memory): decoder layers found, the config agrees with
+    the checkpoint in folder (tensor names and shapes), widths fit N:M and --blocksize -> its parameter count."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -93,6 +92,8 @@ def check_structure(model_config, config: PruneConfig) -> None:
     except (ValueError, KeyError, TypeError) as err:  # a config no causal-LM class accepts
         raise ConfigError(f"model type '{getattr(model_config, 'model_type', '?')}' is not a causal LM that "
                           f"transformers can build ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    if folder is not None:
+        check_weights_match(skeleton, folder)
     layers = find_decoder_layers(skeleton)
     check_widths(layers, config)
     name, widest = max(((n, lin.in_features) for n, lin in find_linears(layers[0]).items()), key=lambda x: x[1])
@@ -102,6 +103,7 @@ def check_structure(model_config, config: PruneConfig) -> None:
     if config.blocksize > max(widest, default):
         raise ConfigError(f"blocksize {config.blocksize} exceeds the widest linear ('{name}', {widest} input "
                           f"columns); use --blocksize <= {max(widest, default)}")
+    return sum(p.numel() for p in skeleton.parameters())
 
 
 def plan_zero_shot(run_cfg: RunConfig, data_dir: Path | None):
@@ -118,19 +120,47 @@ def plan_zero_shot(run_cfg: RunConfig, data_dir: Path | None):
     return tasks, task_plan
 
 
-def check_outputs(run_cfg: RunConfig) -> None:
-    """--save, --save_model, --cache_dir and --offload_dir must be (or become) writable folders, tried with a
-    real file.
+def model_inputs(run_cfg: RunConfig) -> dict[str, Path]:
+    """The files the run reads its model from ({what: path}), which no output may replace or write into."""
+    source, gguf = resolve_model(run_cfg.model, run_cfg.cache_dir)
+    inputs = {"--model folder": Path(source)} if Path(source).is_dir() else {}
+    return {**inputs, "--model file": gguf} if gguf is not None else inputs
 
-    A --save_model folder that holds files other than an earlier model save is refused: the save replaces the
-    folder as a whole (atomically), and must not delete a researcher's other files.
+
+def check_outputs(run_cfg: RunConfig, inputs: dict[str, Path]) -> None:
+    """--save, --save_model, --cache_dir and --offload_dir must be (or become) writable folders, tried with a
+    real file, and none may be or lie inside the model's folder.
+
+    A --save_model folder is replaced as a whole (atomically): only a new or empty one, or one an earlier save
+    wrote (lib.runinfo.MARKER), never one that holds the model or a researcher's other files.
     """
     for flag, path in (("--save", run_cfg.save), ("--save_model", run_cfg.save_model),
                        ("--cache_dir", run_cfg.cache_dir), ("--offload_dir", run_cfg.offload_dir)):
         if path:
             check_output_dir(flag, path)
+    for flag, path in (("--save", run_cfg.save), ("--offload_dir", run_cfg.offload_dir)):
+        if path:
+            check_apart(flag, path, inputs)
     if run_cfg.save_model:
-        check_model_target("--save_model", run_cfg.save_model)
+        check_model_target("--save_model", run_cfg.save_model, inputs)
+
+
+def check_space(run_cfg: RunConfig, model_config, parameters: int, converting: bool) -> None:
+    """The disks of the outputs whose size is known before the work hold it: the pruned model (--save_model),
+    the pruned layers (--offload disk), the float32 conversion of a GGUF file (--cache_dir), results (--save)."""
+    import tempfile
+
+    from lib.models import resolve_dtype
+
+    model_bytes = parameters * resolve_dtype(run_cfg.dtype, model_config).itemsize
+    needs = [("--save", run_cfg.save, 2**20)] if run_cfg.save else []
+    if run_cfg.save_model:
+        needs.append(("--save_model", run_cfg.save_model, model_bytes))
+    if run_cfg.offload == "disk":
+        needs.append(("--offload_dir", run_cfg.offload_dir or tempfile.gettempdir(), model_bytes))
+    if converting:
+        needs.append(("--cache_dir", run_cfg.cache_dir, parameters * 4))
+    check_free_space(needs)
 
 
 def count_eval_windows(run_cfg: RunConfig, test_ids: torch.Tensor, seqlen: int, source: str) -> None:
@@ -148,12 +178,13 @@ def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
     """Everything that can fail before the model loads: method, outputs, model, seqlen, widths, tasks, and the
     data, read and tokenised (the tokenizer loads without the weights) so every count is checked."""
     method = find_method(config)
-    check_outputs(run_cfg)
-    resolve_model(run_cfg.model, run_cfg.cache_dir)
+    inputs = model_inputs(run_cfg)
+    check_outputs(run_cfg, inputs)
     data_dir = resolve_data_dir(run_cfg.data_dir)
     model_config = load_config(run_cfg.model, run_cfg.cache_dir)
     seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config), run_cfg.seqlen_max)
-    check_structure(model_config, config)
+    parameters = check_structure(model_config, config, inputs.get("--model folder"))
+    check_space(run_cfg, model_config, parameters, "--model file" in inputs)
     tasks, task_plan = plan_zero_shot(run_cfg, data_dir) if run_cfg.eval_zero_shot else (None, None)
     # Read and count the data before paying for the model, so a missing or damaged file fails in seconds.
     eval_rows = load_wikitext2_rows(run_cfg.eval_split, data_dir)
@@ -305,9 +336,8 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse argv, run, and return the exit status: 0 done, 2 one-line error, 130 interrupted (Ctrl-C)."""
-    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
+    """Parse argv, run, and return the exit status: 0 done, 2 one-line error, 130 interrupted (Ctrl-C), 143
+    terminated (SIGTERM: Slurm's preemption or time limit), each with one line naming the phase."""
     PROGRESS.phase, PROGRESS.written = "startup", []
     parser = build_parser()
     args = parser.parse_args(argv)
