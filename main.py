@@ -36,7 +36,8 @@ from lib.models import check_weights_match, find_decoder_layers, find_linears, l
 from lib.offload import LayerStore, load_with_store
 from lib.protocols import PROTOCOLS, protocol_settings
 from lib.prune import check_widths, needs_calibration, prune_model
-from lib.runinfo import git_commit, peak_rss_mb, save_model_atomic, versions, write_atomic
+from lib.runinfo import git_commit, keep_apart, peak_rss_mb, save_model_atomic, versions, write_atomic_all, \
+    write_failure
 from lib.sparsity import check_sparsity
 
 # The phase the run is in and what it has written; run() updates it, the Ctrl-C message reads it.
@@ -211,7 +212,9 @@ def save_outputs(run_cfg: RunConfig, results: dict, store: LayerStore, tokenizer
     """
     if run_cfg.save_model:
         t = time.time()
-        save_model_atomic(store.save_pretrained, tokenizer, Path(run_cfg.save_model).expanduser())
+        needed = sum(p.numel() * p.element_size() for p in store.model.parameters())
+        save_model_atomic(store.save_pretrained, tokenizer, Path(run_cfg.save_model).expanduser(), needed,
+                          {"written_by": "main.py --save_model", "model": results["model"], "config": results["config"]})
         PROGRESS.written.append(run_cfg.save_model)
         seconds["save_model"] = time.time() - t
         print(f"saved pruned model to {run_cfg.save_model}")
@@ -227,17 +230,28 @@ def save_outputs(run_cfg: RunConfig, results: dict, store: LayerStore, tokenizer
         results["non_finite"] = non_finite
         print(f"warning: {', '.join(non_finite)} not finite; recorded as null in results.json")
     if run_cfg.save:
-        save = Path(run_cfg.save).expanduser()
-        try:
-            # Wanda's log format, for scripts that parse it; results.json last, as the mark of a finished run.
-            method, sparsity, ppl = results["prune_method"], results["measured_sparsity"], results["ppl_pruned"]
-            write_atomic(save / f"log_{method}.txt", f"method\tactual_sparsity\tppl_test\n{method}\t"
-                                                     f"{sparsity:.4f}\t{ppl:.4f}\n")
-            write_atomic(save / "results.json", json.dumps(safe, indent=2, allow_nan=False) + "\n")
-        except OSError as err:
-            raise ConfigError(f"could not write results to '{save}' ({err.strerror or err})") from None
-        PROGRESS.written.append(str(save / "results.json"))
-        print(f"wrote {save / 'results.json'}")
+        write_results(Path(run_cfg.save).expanduser(), results, json.dumps(safe, indent=2, allow_nan=False) + "\n")
+
+
+# What makes two runs the same run: an earlier results.json in --save that differs in any is kept apart.
+SAME_RUN = ("model", "prune_method", "sparsity_type", "sparsity_ratio", "seed", "nsamples", "seqlen", "eval_limit",
+            "eval_split", "calib_dataset", "config")
+
+
+def write_results(save: Path, results: dict, text: str) -> None:
+    """Wanda's log_{method}.txt and results.json into save, both or neither (results.json last, as the mark of a
+    finished run); an earlier run's results.json of other settings is renamed first, never replaced."""
+    kept = keep_apart(save / "results.json", json.loads(text), SAME_RUN)
+    if kept:
+        print(f"kept the results.json of an earlier run with other settings as {kept}")
+    method, sparsity, ppl = results["prune_method"], results["measured_sparsity"], results["ppl_pruned"]
+    log = f"method\tactual_sparsity\tppl_test\n{method}\t{sparsity:.4f}\t{ppl:.4f}\n"
+    try:
+        write_atomic_all({save / f"log_{method}.txt": log, save / "results.json": text})
+    except OSError as err:
+        raise write_failure("results", save, err) from None
+    PROGRESS.written.append(str(save / "results.json"))
+    print(f"wrote {save / 'results.json'}")
 
 
 def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: str, seconds: dict) -> float:

@@ -5,7 +5,6 @@ import importlib.metadata
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -140,14 +139,19 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    from lib.runinfo import remove_stale_temps, temp_sibling, write_errors, write_failure
+
+    remove_stale_temps(target)  # a conversion killed by SIGKILL leaves its hidden folder (hundreds of MB)
+    tmp = temp_sibling(target, "converting")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if not (target / "config.json").is_file():  # else a run beside this one converted it first: keep that
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+    except write_errors() as err:
+        raise write_failure("the converted GGUF model", target, err,
+                            sum(p.numel() * p.element_size() for p in model.parameters())) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from typing import Callable
 from pathlib import Path
 
@@ -25,16 +26,44 @@ PACKAGES = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "gg
 
 def write_atomic(path: Path, text: str) -> None:
     """Write text to path via a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    write_atomic_all({path: text})
+
+
+def write_atomic_all(files: dict[Path, str]) -> None:
+    """Write every file to a temporary sibling first, then rename them in the order given: a full disk or an
+    interrupt leaves none of them changed (renames need no space), and the last one marks them all done."""
+    temps: list[tuple[str, Path]] = []
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; results are meant to be shared and read
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            temps.append((tmp, path))
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; results are meant to be shared and read
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def keep_apart(path: Path, settings: dict, keys: tuple[str, ...]) -> Path | None:
+    """An earlier results file at path that records other settings (any of keys differs) is renamed to
+    '<stem>.<its mtime>.json', so a run never replaces another run's results -> the new name, or None."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):  # none, or damaged by a kill: nothing worth keeping
+        return None
+    if not isinstance(earlier, dict) or all(earlier.get(k) == settings.get(k) for k in keys):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(path.stat().st_mtime))
+    kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    n = 1
+    while kept.exists():
+        kept, n = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}"), n + 1
+    os.replace(path, kept)
+    return kept
 
 
 # A folder this tool wrote (a saved model, a LoRA adapter) holds this file; only such a folder is ever replaced.
