@@ -213,8 +213,8 @@ def save_outputs(run_cfg: RunConfig, results: dict, store: LayerStore, tokenizer
     if run_cfg.save_model:
         t = time.time()
         needed = sum(p.numel() * p.element_size() for p in store.model.parameters())
-        save_model_atomic(store.save_pretrained, tokenizer, Path(run_cfg.save_model).expanduser(), needed,
-                          {"written_by": "main.py --save_model", "model": results["model"], "config": results["config"]})
+        record = {"written_by": "main.py --save_model", "model": results["model"], "config": results["config"]}
+        save_model_atomic(store.save_pretrained, tokenizer, Path(run_cfg.save_model).expanduser(), needed, record)
         PROGRESS.written.append(run_cfg.save_model)
         seconds["save_model"] = time.time() - t
         print(f"saved pruned model to {run_cfg.save_model}")
