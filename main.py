@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from lib.checks import check_apart, check_finite_weights, check_free_space, check_model_target, check_output_dir, \
-    json_safe, locate_non_finite
+from lib.checks import check_apart, check_dense_perplexity, check_finite_weights, check_free_space, \
+    check_model_target, check_not_degenerate, check_output_dir, json_safe, locate_non_finite, sparsity_miss
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, PruneConfig, RunConfig
 from lib.data import c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
@@ -116,9 +116,28 @@ def plan_zero_shot(run_cfg: RunConfig, data_dir: Path | None):
     if not task_plan.local and not task_plan.hub:
         name, reason = next(iter(task_plan.skipped.items()))
         raise ConfigError(f"no zero-shot task of {tasks} can run here: '{name}': {reason}")
+    if task_plan.hub:
+        from lib.zeroshot import unknown_hub_tasks
+
+        unknown = unknown_hub_tasks(task_plan.hub)
+        if unknown:
+            name, hint = next(iter(unknown.items()))
+            raise ConfigError(f"zero-shot task '{name}' is not an lm-eval task{hint}; "
+                              f"{len(unknown)} of {tasks} unknown")
     for name, reason in task_plan.skipped.items():
         logging.getLogger("lib.zeroshot").warning("zero-shot: will skip task '%s': %s", name, reason)
     return tasks, task_plan
+
+
+def check_zero_shot_done(results: dict, plan: Plan) -> None:
+    """After everything is saved: a task that could not be loaded or returned nothing (the ones skipped by plan,
+    warned about before pruning, aside) makes the run fail, so a batch does not take it as complete."""
+    failed = {name: row["skipped"] for name, row in (results.get("zero_shot") or {}).items()
+              if "skipped" in row and name not in plan.task_plan.skipped}
+    if failed:
+        name, reason = next(iter(failed.items()))
+        raise ConfigError(f"zero-shot: {len(failed)} task(s) not evaluated, first '{name}': {reason}; the rest of the "
+                          "results are saved")
 
 
 def model_inputs(run_cfg: RunConfig) -> dict[str, Path]:
@@ -270,6 +289,8 @@ def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: st
                               "window; try --dtype float32")
     seconds[f"eval_{which}"] = time.time() - t
     print(f"{which} perplexity (wikitext2 {run_cfg.eval_split}): {ppl:.4f}")
+    if which == "dense":
+        check_dense_perplexity(ppl, getattr(model.config.get_text_config(), "vocab_size", None))
     return ppl
 
 
@@ -288,6 +309,7 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
                                               run_cfg.offload, run_cfg.offload_dir)
     if store.mode != "disk":  # on disk the layers are checked as they are visited (their statistics)
         check_finite_weights(find_decoder_layers(model))
+        check_not_degenerate(find_decoder_layers(model))
     seconds["load"] = time.time() - t
     print(f"loaded {run_cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) in "
           f"{seconds['load']:.1f}s; seqlen {plan.seqlen}, dtype {next(model.parameters()).dtype}, device "
@@ -312,6 +334,8 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
         sparsity, per_layer = check_sparsity(model)
     print(f"pruned with {config.prune_method} ({config.sparsity_type}, ratio {config.sparsity_ratio}) in "
           f"{seconds['prune']:.1f}s; measured sparsity {sparsity:.4f}")
+    if sparsity_miss(config.sparsity_ratio, sparsity):
+        print(sparsity_miss(config.sparsity_ratio, sparsity))
 
     ppl_pruned = evaluate(model, store, plan, run_cfg, "pruned", seconds)
 
@@ -345,6 +369,8 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
         results["layer_stats"] = report.layer_stats
     PROGRESS.phase = "save"
     save_outputs(run_cfg, results, store, tokenizer, seconds, t_start)
+    if plan.tasks:
+        check_zero_shot_done(results, plan)
     PROGRESS.phase = "done"
     return results
 

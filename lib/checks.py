@@ -96,6 +96,42 @@ def check_free_space(needs: list[tuple[str, str | Path, int]]) -> None:
                               "space or pass a folder on another disk")
 
 
+def check_not_degenerate(layers: nn.ModuleList) -> None:
+    """Some decoder linear weight is non-zero, else ConfigError: an all-zero checkpoint (a failed export) scores
+    the uniform distribution's perplexity, which would otherwise be reported as a result."""
+    if not any(bool(m.weight.detach().any()) for layer in layers for m in layer.modules()
+               if type(m).__name__ == "Linear" and m.weight.device.type != "meta"):
+        raise ConfigError("every decoder linear weight of the model is zero (an empty or failed export?); there is "
+                          "nothing to prune or measure")
+
+
+# A dense model this far above a uniform guess over its vocabulary (perplexity = vocabulary size) is broken: its
+# config disagrees with its weights, or the weights are damaged. Untrained models sit near 1x (tiny test models
+# measure 0.7x to 1.15x), so the margin is 2x.
+DEGENERATE_PPL_FACTOR = 2.0
+
+
+def check_dense_perplexity(ppl: float, vocab_size: int | None) -> None:
+    """The dense perplexity must be below DEGENERATE_PPL_FACTOR x the vocabulary size, else ConfigError."""
+    if vocab_size and ppl > DEGENERATE_PPL_FACTOR * vocab_size:
+        raise ConfigError(f"dense perplexity {ppl:.1f} is more than {DEGENERATE_PPL_FACTOR:g}x the vocabulary size "
+                          f"{vocab_size} (a uniform guess scores {vocab_size}): the model is broken or its config "
+                          "disagrees with its weights; pruning it would measure nothing")
+
+
+# A measured sparsity further than this from the requested ratio is reported (--use_variant's bisection, whole
+# neurons, rows too narrow for the ratio): results.json records both, the warning says by how much.
+SPARSITY_TOLERANCE = 0.005
+
+
+def sparsity_miss(requested: float, measured: float) -> str | None:
+    """A one-line warning when measured sparsity misses requested by more than SPARSITY_TOLERANCE, else None."""
+    if abs(measured - requested) <= SPARSITY_TOLERANCE:
+        return None
+    return (f"warning: measured sparsity {measured:.4f} misses the requested {requested:g} by "
+            f"{measured - requested:+.4f} (tolerance {SPARSITY_TOLERANCE}); results.json records both")
+
+
 def _first_bad(tensor: torch.Tensor) -> str:
     """Where the first non-finite entry of tensor is, e.g. 'row 3' of a weight [out, in]."""
     import torch

@@ -148,8 +148,9 @@ def save_model_atomic(save_weights: Callable[[Path], None], tokenizer, target: P
     tmp = temp_sibling(target, "saving")
     old = temp_sibling(target, "old") / target.name
     try:
-        save_weights(tmp)  # model.save_pretrained, or lib.offload.LayerStore.save_pretrained
-        tokenizer.save_pretrained(tmp)
+        save_weights(tmp)  # model.save_pretrained, lib.offload.LayerStore.save_pretrained, an adapter's save
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps(record or {}, indent=2) + "\n")
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
         if target.exists():
