@@ -218,11 +218,35 @@ def checkpoint_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _config_keys_equal_to(config, value: int) -> str:
-    """The config.json keys whose value is value (e.g. 'intermediate_size'), to name what a shape came from."""
+def _keys_behind(skeleton: nn.Module, name: str, dim: int) -> str:
+    """The config keys that set dimension dim of tensor name (e.g. 'num_attention_heads 8, head_dim 16'), found
+    by doubling each integer key in turn on a one-layer meta skeleton; only called to word an error."""
+    import copy
+    import re
+
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    config, layer0 = skeleton.config, re.sub(r"\.\d+\.", ".0.", name, count=1)
+
+    def shape(changes: dict) -> tuple | None:
+        trial = copy.deepcopy(config)
+        for key, value in {"num_hidden_layers": 1, **changes}.items():
+            setattr(trial, key, value)
+        try:
+            with init_empty_weights():
+                tensors = AutoModelForCausalLM.from_config(trial).state_dict()
+        except Exception:  # noqa: BLE001 - a doubled key the config class refuses tells nothing
+            return None
+        match = tensors.get(layer0) if layer0 in tensors else tensors.get(f"{skeleton.base_model_prefix}.{layer0}")
+        return tuple(match.shape) if match is not None else None
+
+    base = shape({})
     keys = [k for k, v in sorted(config.to_dict().items()) if isinstance(v, int) and not isinstance(v, bool)
-            and v == value]
-    return " / ".join(keys) if keys else "a width"
+            and v > 0 and k != "num_hidden_layers" and not k.endswith("_token_id")]
+    behind = [k for k in keys if base is not None and (found := shape({k: 2 * getattr(config, k)})) is not None
+              and len(found) > dim and found[dim] != base[dim]]
+    return ", ".join(f"{k} {getattr(config, k)}" for k in behind) or "shapes"
 
 
 def check_weights_match(skeleton: nn.Module, folder: Path) -> None:
@@ -248,11 +272,10 @@ def check_weights_match(skeleton: nn.Module, folder: Path) -> None:
                           f"{len(indices)} decoder layers; fix config.json or pass the matching checkpoint")
     for name, shape in expected.items():
         if name in found and found[name] != shape:
-            dims = [(want, got) for want, got in zip(shape, found[name]) if want != got] or [(shape, found[name])]
-            want, got = dims[0]
-            raise ConfigError(f"model folder '{folder}': config.json's {_config_keys_equal_to(config, want)} "
-                              f"gives '{name}' shape {list(shape)}, the weights have {list(found[name])} ({want} "
-                              f"vs {got}); fix config.json or pass the matching checkpoint")
+            dim = next((i for i, (want, got) in enumerate(zip(shape, found[name])) if want != got), 0)
+            raise ConfigError(f"model folder '{folder}': config.json's {_keys_behind(skeleton, name, dim)} give "
+                              f"'{name}' shape {list(shape)}, the weights have {list(found[name])}; fix "
+                              "config.json or pass the matching checkpoint")
     missing = [n for n in sorted(norm(n) for n, _ in skeleton.named_parameters())
                if n not in found and n not in _tied(skeleton, norm) and not _ignored(skeleton, n)]
     # A tensor saved under a legacy name (GPT-NeoX's embed_out for lm_head) that transformers renames on load:
