@@ -84,7 +84,8 @@ def batch_moments(rows: torch.Tensor, groups: torch.Tensor | None = None, ngroup
 
 class NeuronRankCollector(Collector):
     """Per input channel: token moments, per-sequence mean moments, per-class moments (count, sum, M2; float64,
-    merged pairwise by merge_moments, so --calib_batch_size does not change them), divided in finalize.
+    of x minus the first batch's mean, merged pairwise by merge_moments, so --calib_batch_size changes them only
+    by float32 rounding of values near the mean), divided in finalize.
 
     Memory is (5 + 2K) x in_features float64 plus K counts, whatever the token count, allocated lazily on the
     activations' device. Also publishes Wanda's scaler_row.
@@ -106,7 +107,7 @@ class NeuronRankCollector(Collector):
         moments = lambda *shape: {"count": zeros(*shape[:-1], 1) if len(shape) > 1 else zeros(()),  # noqa: E731
                                   "sum": zeros(*shape), "m2": zeros(*shape)}
         return {"token": moments(channels), "sample": moments(channels), "class": moments(classes, channels),
-                "sum_sq": {"x": zeros(channels)}}
+                "sum_sq": {"x": zeros(channels)}, "shift": {}}
 
     def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
         """x [batch, seq, in] or [tokens, in]; token_ids with one id per token ([batch, seq]) when K > 0."""
@@ -114,6 +115,11 @@ class NeuronRankCollector(Collector):
         rows = rows.float()
         sums = self.sums = self.sums if self.sums is not None else self._allocate(rows.device)
         sums["sum_sq"]["x"] += rows.pow(2).sum(0)
+        if "x" not in sums["shift"]:
+            sums["shift"]["x"] = rows.mean(0)
+        # Moments of x - shift (the first batch's mean): float32 sums of values near the mean keep the
+        # precision that class means need (B_j compares class means that differ by ~1e-4 of the mean).
+        rows = rows - sums["shift"]["x"]
         merge_moments(sums["token"], *batch_moments(rows))
         merge_moments(sums["sample"], *batch_moments(rows.reshape(samples, -1, rows.shape[-1]).mean(1)))
         self.nsamples += samples
@@ -134,7 +140,7 @@ class NeuronRankCollector(Collector):
             raise RuntimeError("NeuronRankCollector.finalize() before any add_batch()")
         token, sample, cls = self.sums["token"], self.sums["sample"], self.sums["class"]
         ntokens = token["count"].clamp_min(1)
-        mean, var = token["sum"] / ntokens, token["m2"] / ntokens
+        mean, var = self.sums["shift"]["x"].double() + token["sum"] / ntokens, token["m2"] / ntokens
         sample_mean_var = sample["m2"] / sample["count"].clamp_min(1)
         class_count = cls["count"].squeeze(1)
         class_tokens = class_count.sum()
