@@ -82,8 +82,8 @@ class PruneConfig:
     nsamples: int = setting(128, "calibration sequences (default 128)")
     calib_batch_size: int = setting(0, "calibration sequences per layer call (default 0: as many as fit 8192 "
                                        "tokens; lower it if a layer's activations run out of memory). Results "
-                                       "are the same up to float32 rounding, except sparsegpt and wanda_select, "
-                                       "whose masks amplify that rounding: keep it fixed when comparing them")
+                                       "are the same: statistics are summed one sequence at a time (on a GPU, "
+                                       "batched matmuls may still round differently)")
     seed: int = setting(0, "calibration sampling seed (>= 0)")
     use_variant: bool = setting(False, "Wanda's alpha-search variant (unstructured only)")
     blocksize: int = setting(128, "SparseGPT block size (columns per lazy update)", group="SparseGPT")
