@@ -103,10 +103,14 @@ def quiet_startup() -> None:
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
     """Inside: Ctrl-C raises KeyboardInterrupt and SIGTERM raises Terminated (a KeyboardInterrupt), also where
-    a background shell had set SIGINT to be ignored; the previous handlers are restored on exit.
+    a background shell had set SIGINT to be ignored; the previous handlers are restored on exit. run_cli uses
+    it; a batch runner can too, to stop its child the same way:
 
         with signals_as_interrupts():
-            status = run_cli(job, progress)   # 130 after Ctrl-C, 143 after SIGTERM
+            try:
+                child.wait()
+            except KeyboardInterrupt as stop:   # Terminated after SIGTERM
+                child.send_signal(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
     """
     if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
         yield
