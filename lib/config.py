@@ -159,8 +159,10 @@ class PruneConfig(Settings):
     sparsity_type: str = setting("unstructured", "'unstructured' or N:M such as 2:4, 4:8")
     nsamples: int = setting(128, "calibration sequences (default 128)", bounds="positive")
     calib_batch_size: int = setting(0, "calibration sequences per layer call (default 0: as many as fit 8192 "
-                                       "tokens; lower it if a layer's activations run out of memory; results "
-                                       "are the same)", bounds=">= 0", note="0 = automatic")
+                                       "tokens; lower it if a layer's activations run out of memory). Results "
+                                       "are the same: statistics are summed one sequence at a time (on a GPU, "
+                                       "batched matmuls may still round differently)", bounds=">= 0",
+                                    note="0 = automatic")
     # random.Random(-1) is random.Random(1): a negative seed would silently repeat another seed's run.
     seed: int = setting(0, "calibration sampling seed", bounds=">= 0")
     use_variant: bool = setting(False, "Wanda's alpha-search variant (unstructured; the methods with a Wanda-form "
@@ -286,8 +288,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        if self.seqlen is not None and self.seqlen <= 0:
-            raise ConfigError(f"seqlen {self.seqlen} must be a positive integer")
+        if self.seqlen is not None and self.seqlen < 2:
+            # A window's loss predicts tokens 2..seqlen from the ones before: one token leaves nothing to score.
+            raise ConfigError(f"seqlen {self.seqlen} must be at least 2 tokens")
         if self.seqlen is not None and self.seqlen_max:
             raise ConfigError(f"seqlen {self.seqlen} and --seqlen_max both set the window; pass one")
         if self.zs_batch_size != "auto" and not (self.zs_batch_size.isdigit() and int(self.zs_batch_size) > 0):
