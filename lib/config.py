@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -136,6 +137,14 @@ class Settings:
 SECTIONS: list[type[Settings]] = []
 
 
+def registered_sections() -> list[type[Settings]]:
+    """Every registered section. The plug-ins register theirs when `lib.plugins` imports them, which happens here
+    on first use (by name, at run time: this module imports no plug-in, and `import lib.config` stays light until
+    a PruneConfig is built or its flags are listed)."""
+    importlib.import_module("lib.plugins")
+    return SECTIONS
+
+
 def register_settings(section: type[Settings]) -> type[Settings]:
     """Add a settings section to every PruneConfig (its field names unique across sections); a decorator."""
     taken = {f.name for cls in [PruneConfig, *SECTIONS] for f in dataclasses.fields(cls)}
@@ -182,7 +191,7 @@ class PruneConfig(Settings):
             object.__setattr__(self, f.name, values.pop(f.name, f.default))
         given = {type(section): section for section in sections}
         built = []
-        for cls in SECTIONS:
+        for cls in registered_sections():
             mine = {name: values.pop(name) for name in [f.name for f in dataclasses.fields(cls)] if name in values}
             built.append(dataclasses.replace(given[cls], **mine) if cls in given else cls(**mine))
         if values:
@@ -237,7 +246,7 @@ def all_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
     """(field, declaring class) of every setting of cls: its own, and for PruneConfig every registered section's."""
     pairs = [(f, cls) for f in own_fields(cls)]
     if cls is PruneConfig:
-        pairs += [(f, section) for section in SECTIONS for f in dataclasses.fields(section)]
+        pairs += [(f, section) for section in registered_sections() for f in dataclasses.fields(section)]
     return pairs
 
 
