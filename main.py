@@ -27,15 +27,16 @@ from lib.checks import check_apart, check_dense_perplexity, check_finite_weights
     check_model_target, check_not_degenerate, check_output_dir, json_safe, locate_non_finite, sparsity_miss
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, PruneConfig, RunConfig
-from lib.data import c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
+from lib.errors import RunError
+from lib.data import DataError, c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
     wikitext2_file, wikitext2_ids
 from lib.eval import eval_ppl
-from lib.methods import METHODS, Method, find_method
-from lib.models import check_weights_match, find_decoder_layers, find_linears, load_config, load_tokenizer, \
+from lib.plugins import ADDONS, METHODS, Method, find_method, selector_choices
+from lib.models import check_weights_match, find_decoder_layers, load_config, load_tokenizer, \
     max_sequence_length, resolve_model
 from lib.offload import LayerStore, load_with_store
 from lib.protocols import PROTOCOLS, protocol_settings
-from lib.prune import check_widths, needs_calibration, prune_model
+from lib.prune import PruneReport, check_layers, needs_calibration, prune_model
 from lib.runinfo import git_commit, keep_apart, peak_rss_mb, save_model_atomic, versions, write_atomic_all, \
     write_failure
 from lib.sparsity import check_sparsity
@@ -44,14 +45,20 @@ from lib.sparsity import check_sparsity
 PROGRESS = Progress()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every flag comes from a RunConfig or PruneConfig field; the methods are listed after the flags."""
-    width = max(map(len, METHODS))
+def registry_help() -> str:
+    """The methods and the add-ons, one line each, for the end of --help."""
+    width = max(map(len, [*METHODS, *ADDONS]))
     methods = "\n".join(f"  {name:<{width}}  {METHODS[name].help}" for name in sorted(METHODS))
-    p = OneLineParser(description=__doc__, epilog=f"methods (--prune_method):\n{methods}",
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    addons = "\n".join(f"  {name:<{width}}  {cls.help} (--{cls.selector}{'' if cls.off is False else ' ' + name})"
+                       for name, cls in sorted(ADDONS.items()))
+    return f"methods (--prune_method):\n{methods}\n\nadd-ons (compose with the score methods):\n{addons}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag comes from a RunConfig or PruneConfig field; the methods and add-ons are listed after them."""
+    p = OneLineParser(description=__doc__, epilog=registry_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings(p, RunConfig)
-    add_settings(p, PruneConfig)
+    add_settings(p, PruneConfig, choices=selector_choices())
     return p
 
 
@@ -83,7 +90,8 @@ def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = 
 
 def check_structure(model_config, config: PruneConfig, folder: Path | None = None) -> int:
     """Build the model on the meta device (no weights, no memory): decoder layers found, the config agrees with
-    the checkpoint in folder (tensor names and shapes), widths fit N:M and --blocksize -> its parameter count."""
+    the checkpoint in folder (tensor names and shapes), widths fit N:M and the settings' limits -> its parameter
+    count."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -95,15 +103,7 @@ def check_structure(model_config, config: PruneConfig, folder: Path | None = Non
                           f"transformers can build ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     if folder is not None:
         check_weights_match(skeleton, folder)
-    layers = find_decoder_layers(skeleton)
-    check_widths(layers, config)
-    name, widest = max(((n, lin.in_features) for n, lin in find_linears(layers[0]).items()), key=lambda x: x[1])
-    default = PruneConfig.__dataclass_fields__["blocksize"].default
-    # A block wider than the widest linear is the whole matrix: any larger value is a typo, and values in the
-    # millions allocate [out, blocksize] buffers. The default stays valid on models narrower than it.
-    if config.blocksize > max(widest, default):
-        raise ConfigError(f"blocksize {config.blocksize} exceeds the widest linear ('{name}', {widest} input "
-                          f"columns); use --blocksize <= {max(widest, default)}")
+    check_layers(find_decoder_layers(skeleton), config)
     return sum(p.numel() for p in skeleton.parameters())
 
 
@@ -136,8 +136,8 @@ def check_zero_shot_done(results: dict, plan: Plan) -> None:
               if "skipped" in row and name not in plan.task_plan.skipped}
     if failed:
         name, reason = next(iter(failed.items()))
-        raise ConfigError(f"zero-shot: {len(failed)} task(s) not evaluated, first '{name}': {reason}; the rest of the "
-                          "results are saved")
+        raise RunError(f"zero-shot: {len(failed)} task(s) not evaluated, first '{name}': {reason}; the rest of the "
+                       "results are saved")
 
 
 def model_inputs(run_cfg: RunConfig) -> dict[str, Path]:
@@ -187,8 +187,8 @@ def count_eval_windows(run_cfg: RunConfig, test_ids: torch.Tensor, seqlen: int, 
     """The evaluation text must hold one window of seqlen tokens, and --eval_limit no more than it holds."""
     windows = test_ids.numel() // seqlen
     if windows == 0:
-        raise ConfigError(f"WikiText-2 {run_cfg.eval_split} ({source}) has {test_ids.numel()} tokens, fewer than one "
-                          f"evaluation window of seqlen {seqlen}; lower --seqlen or replace the file")
+        raise DataError(f"WikiText-2 {run_cfg.eval_split} ({source}) has {test_ids.numel()} tokens, fewer than one "
+                        f"evaluation window of seqlen {seqlen}; lower --seqlen or replace the file")
     if run_cfg.eval_limit is not None and run_cfg.eval_limit > windows:
         raise ConfigError(f"eval_limit {run_cfg.eval_limit} exceeds the {windows} windows of {seqlen} tokens in "
                           f"WikiText-2 {run_cfg.eval_split} ({source}); use --eval_limit <= {windows} or omit it")
@@ -285,13 +285,33 @@ def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: st
         ppl = eval_ppl(model, plan.test_ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size)
         if math.isnan(ppl):
             locate_non_finite(model, find_decoder_layers(model), plan.test_ids[:, :plan.seqlen])
-            raise ConfigError(f"{which} perplexity is NaN although every linear's output is finite on the first "
+            raise RunError(f"{which} perplexity is NaN although every linear's output is finite on the first "
                               "window; try --dtype float32")
     seconds[f"eval_{which}"] = time.time() - t
     print(f"{which} perplexity (wikitext2 {run_cfg.eval_split}): {ppl:.4f}")
     if which == "dense":
         check_dense_perplexity(ppl, getattr(model.config.get_text_config(), "vocab_size", None))
     return ppl
+
+
+def prune(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, config: PruneConfig,
+          seconds: dict) -> tuple[PruneReport, float, list[float]]:
+    """The pruning phase, timed -> (the driver's report, measured sparsity, per-layer sparsity)."""
+    PROGRESS.phase = "pruning"
+    t = time.time()
+    report = prune_model(model, plan.calib_ids, config, record_stats=run_cfg.save_stats, store=store)
+    seconds["prune"] = time.time() - t
+    if report.shrunk or store.mode == "disk":
+        # Dropped neurons are gone from the weights (and layers on disk are not in memory): the driver counted
+        # each layer's zeros right after pruning it, against its original size.
+        sparsity, per_layer = report.sparsity, report.layer_sparsity
+    else:
+        sparsity, per_layer = check_sparsity(model)
+    print(f"pruned with {config.prune_method} ({config.sparsity_type}, ratio {config.sparsity_ratio}) in "
+          f"{seconds['prune']:.1f}s; measured sparsity {sparsity:.4f}")
+    if sparsity_miss(config.sparsity_ratio, sparsity):
+        print(sparsity_miss(config.sparsity_ratio, sparsity))
+    return report, sparsity, per_layer
 
 
 def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
@@ -317,26 +337,7 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
 
     ppl_dense = None if run_cfg.no_dense_eval else evaluate(model, store, plan, run_cfg, "dense", seconds)
 
-    PROGRESS.phase = "pruning"
-    t = time.time()
-    try:
-        report = prune_model(model, plan.calib_ids, config, record_stats=run_cfg.save_stats, store=store)
-    except torch.linalg.LinAlgError as err:  # SparseGPT's Cholesky on a Hessian that damping did not fix
-        raise ConfigError(f"{config.prune_method}: the Hessian is not positive definite even with percdamp "
-                          f"{config.percdamp} ({str(err).splitlines()[0][:80]}); raise --percdamp or --nsamples") \
-            from None
-    seconds["prune"] = time.time() - t
-    if config.shrink or store.mode == "disk":
-        # Dropped neurons are gone from the weights (and layers on disk are not in memory): the driver counted
-        # each layer's zeros right after pruning it, against its original size.
-        sparsity, per_layer = report.sparsity, report.layer_sparsity
-    else:
-        sparsity, per_layer = check_sparsity(model)
-    print(f"pruned with {config.prune_method} ({config.sparsity_type}, ratio {config.sparsity_ratio}) in "
-          f"{seconds['prune']:.1f}s; measured sparsity {sparsity:.4f}")
-    if sparsity_miss(config.sparsity_ratio, sparsity):
-        print(sparsity_miss(config.sparsity_ratio, sparsity))
-
+    report, sparsity, per_layer = prune(model, store, plan, run_cfg, config, seconds)
     ppl_pruned = evaluate(model, store, plan, run_cfg, "pruned", seconds)
 
     results = {
@@ -358,13 +359,7 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
                                                   plan.data_dir, plan.task_plan)
         seconds["zero_shot"] = time.time() - t
         print(format_zero_shot_table(results["zero_shot"]))
-    if config.layer_ratios != "uniform":
-        results.update(layer_ratios=report.layer_ratios, outlier_ratios=report.outlier_ratios)
-    if config.refine != "none":
-        results["refine_swaps"] = report.refine_swaps
-    if config.permute:
-        # W[:, index] of each linear here is N:M: a runtime gathers its input channels x[..., index] (RESULTS.md).
-        results.update(permutations=report.permutations, folded_permutations=report.folded_permutations)
+    results.update(report.results())
     if run_cfg.save_stats:
         results["layer_stats"] = report.layer_stats
     PROGRESS.phase = "save"
@@ -376,8 +371,9 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse argv, run, and return the exit status: 0 done, 2 one-line error, 130 interrupted (Ctrl-C), 143
-    terminated (SIGTERM: Slurm's preemption or time limit), each with one line naming the phase."""
+    """Parse argv, run, and return the exit status: 0 done, 2 bad input, 3 failed on the data or the model's
+    numbers (one line each; --debug adds the traceback), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM:
+    Slurm's preemption or time limit), each with one line naming the phase."""
     PROGRESS.phase, PROGRESS.written = "startup", []
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -385,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.set_defaults(**protocol_settings(args.protocol))  # flags on the command line still win
         args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return run_cli(lambda: run(settings_from(RunConfig, args), settings_from(PruneConfig, args)), PROGRESS)
+    return run_cli(lambda: run(settings_from(RunConfig, args), settings_from(PruneConfig, args)), PROGRESS,
+                   debug=args.debug)
 
 
 if __name__ == "__main__":

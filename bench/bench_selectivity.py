@@ -30,8 +30,8 @@ import torch
 
 from common import bench_parser, pin_malloc, print_cost_table, prune_once, run_child  # bench/ is on sys.path when run
 from lib.config import PruneConfig
-from lib.methods.selectivity import Scratch, WrappedGPTSelectivity
-from lib.methods.wanda import WrappedGPT
+from lib.methods.selectivity import Scratch, InputAbsHistogram
+from lib.collectors import InputSquares
 from lib.models import load_model
 from lib.prune import calib_batch_size
 
@@ -51,7 +51,7 @@ def collector_seconds(channels: int, seqlen: int, nsamples: int, cls: type) -> f
     per_batch = min(nsamples, calib_batch_size(PruneConfig(prune_method="wanda_select"), seqlen))
     gen = torch.Generator().manual_seed(0)
     batch = torch.randn(per_batch, seqlen, channels, generator=gen) * torch.exp(torch.randn(channels, generator=gen))
-    extra = {"scratch": Scratch()} if cls is WrappedGPTSelectivity else {}  # as Method.prepare gives the driver
+    extra = {"scratch": Scratch()} if cls is InputAbsHistogram else {}  # as Method.prepare gives the driver
     collector = cls(channels, PruneConfig(prune_method="wanda_select"), **extra)
     start = time.perf_counter()
     for _ in range(0, nsamples, per_batch):
@@ -96,13 +96,13 @@ def main() -> None:
     per_batch = min(args.nsamples, calib_batch_size(PruneConfig(prune_method="wanda_select"), args.seqlen))
     print(f"\n## collectors alone, one layer's inputs ({args.nsamples} sequences of {args.seqlen} tokens in batches of "
           f"{per_batch}, as the driver), alternated, median of 3, {torch.get_num_threads()} thread(s)")
-    print(f"{'input':<24}{'WrappedGPT s':>14}{'Selectivity s':>15}{'extra s':>9}")
+    print(f"{'input':<24}{'InputSquares s':>14}{'Selectivity s':>15}{'extra s':>9}")
     for name, channels in (("attention (hidden)", hidden), ("down_proj (mlp)", mlp)):
-        times = {WrappedGPT: [], WrappedGPTSelectivity: []}
+        times = {InputSquares: [], InputAbsHistogram: []}
         for _ in range(3):
             for cls in times:
                 times[cls].append(collector_seconds(channels, args.seqlen, args.nsamples, cls))
-        plain, sel = (statistics.median(times[c]) for c in (WrappedGPT, WrappedGPTSelectivity))
+        plain, sel = (statistics.median(times[c]) for c in (InputSquares, InputAbsHistogram))
         print(f"{name + f' [{channels}]':<24}{plain:>14.3f}{sel:>15.3f}{sel - plain:>9.3f}")
 
 

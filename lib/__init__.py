@@ -10,7 +10,7 @@ __all__ = ["ConfigError", "PruneConfig", "prune_model"]
 
 
 def __getattr__(name: str):
-    # prune_model on first use, so that `import lib.config` (the CLI's checks, scripts) does not load torch.
+    # prune_model on first use: the driver imports the model helpers (transformers), which a config does not need.
     if name == "prune_model":
         from lib.prune import prune_model
 

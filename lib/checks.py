@@ -14,14 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lib.config import ConfigError
+from lib.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 
-class NonFiniteError(ConfigError):
+class NonFiniteError(RunError):
     """A weight, activation or statistic is NaN or inf; the message names the layer and the linear."""
 
 
@@ -97,12 +97,12 @@ def check_free_space(needs: list[tuple[str, str | Path, int]]) -> None:
 
 
 def check_not_degenerate(layers: nn.ModuleList) -> None:
-    """Some decoder linear weight is non-zero, else ConfigError: an all-zero checkpoint (a failed export) scores
+    """Some decoder linear weight is non-zero, else RunError: an all-zero checkpoint (a failed export) scores
     the uniform distribution's perplexity, which would otherwise be reported as a result."""
     if not any(bool(m.weight.detach().any()) for layer in layers for m in layer.modules()
                if type(m).__name__ == "Linear" and m.weight.device.type != "meta"):
-        raise ConfigError("every decoder linear weight of the model is zero (an empty or failed export?); there is "
-                          "nothing to prune or measure")
+        raise RunError("every decoder linear weight of the model is zero (an empty or failed export?); there is "
+                       "nothing to prune or measure")
 
 
 # A dense model this far above a uniform guess over its vocabulary (perplexity = vocabulary size) is broken: its
@@ -112,11 +112,11 @@ DEGENERATE_PPL_FACTOR = 2.0
 
 
 def check_dense_perplexity(ppl: float, vocab_size: int | None) -> None:
-    """The dense perplexity must be below DEGENERATE_PPL_FACTOR x the vocabulary size, else ConfigError."""
+    """The dense perplexity must be below DEGENERATE_PPL_FACTOR x the vocabulary size, else RunError."""
     if vocab_size and ppl > DEGENERATE_PPL_FACTOR * vocab_size:
-        raise ConfigError(f"dense perplexity {ppl:.1f} is more than {DEGENERATE_PPL_FACTOR:g}x the vocabulary size "
-                          f"{vocab_size} (a uniform guess scores {vocab_size}): the model is broken or its config "
-                          "disagrees with its weights; pruning it would measure nothing")
+        raise RunError(f"dense perplexity {ppl:.1f} is more than {DEGENERATE_PPL_FACTOR:g}x the vocabulary size "
+                       f"{vocab_size} (a uniform guess scores {vocab_size}): the model is broken or its config "
+                       "disagrees with its weights; pruning it would measure nothing")
 
 
 # A measured sparsity further than this from the requested ratio is reported (--use_variant's bisection, whole

@@ -13,11 +13,16 @@ import os
 import signal
 import sys
 import threading
+import traceback
 import types
 import typing
 from typing import Any, Callable, Iterator
 
-from lib.config import ConfigError
+from lib.config import all_fields, bounds_text, flag_name
+from lib.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_TERMINATED, ConfigError, RunError
+
+# Set to 1 to print the full traceback (every cause) of an error, as --debug does.
+DEBUG_ENV = "WANDA_DEBUG"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -35,6 +40,11 @@ def finite_float(text: str) -> float:
     return value
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """A comma-separated flag value as a tuple of its non-empty, stripped items."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _flag_type(hint: Any) -> type:
     """int / float / str / bool from a field's type hint (Optional unwrapped)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -42,27 +52,35 @@ def _flag_type(hint: Any) -> type:
     return hint
 
 
-def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of the settings dataclass cls, in argument groups named by the fields' metadata."""
-    hints = typing.get_type_hints(cls)
+def add_settings(parser: argparse.ArgumentParser, cls: type, choices: dict[str, tuple] | None = None) -> None:
+    """One flag per field of the settings dataclass cls, in argument groups named by the fields' metadata.
+
+    choices: {field: values} shown for fields whose values a registry holds (checked there, not here)."""
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(cls):
+    for f, owner in all_fields(cls):
         meta = f.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        flags = meta["flags"] or (f"--{f.name}",)
-        kind = _flag_type(hints[f.name])
+        name = meta["group"] or getattr(owner, "group", "options")
+        group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+        flags, dest = meta["flags"] or (f"--{f.name}",), flag_name(f)
+        kind = _flag_type(typing.get_type_hints(owner)[f.name])
+        text = f"{meta['help']}; {bounds_text(meta['bounds'])}" if meta.get("bounds") else meta["help"]
         if kind is bool:
-            group.add_argument(*flags, dest=f.name, action="store_true", help=meta["help"])
+            group.add_argument(*flags, dest=dest, action="store_true", help=text)
+        elif typing.get_origin(kind) is tuple:
+            group.add_argument(*flags, dest=dest, default=f.default, help=f"{text} (comma-separated)",
+                               metavar="A,B", type=comma_list, required=meta.get("required", False))
         else:
             # Choices are checked by the dataclass (one message style for every bad value), shown here.
-            metavar = "{" + ",".join(meta["choices"]) + "}" if meta["choices"] else kind.__name__.upper()
-            group.add_argument(*flags, dest=f.name, default=f.default, help=meta["help"], metavar=metavar,
-                               type={float: finite_float, int: int, str: str}[kind])
+            shown = (choices or {}).get(f.name) or meta["choices"]
+            metavar = "{" + ",".join(shown) + "}" if shown else kind.__name__.upper()
+            group.add_argument(*flags, dest=dest, default=f.default, help=text, metavar=metavar,
+                               type={float: finite_float, int: int, str: str}[kind],
+                               required=meta.get("required", False))
 
 
 def settings_from(cls: type, args: argparse.Namespace) -> Any:
     """The validated settings dataclass cls from parsed flags (ConfigError on a bad value)."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    return cls(**{f.name: getattr(args, flag_name(f)) for f, _ in all_fields(cls)})
 
 
 @dataclasses.dataclass
@@ -125,21 +143,41 @@ def signals_as_interrupts() -> Iterator[None]:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
-def run_cli(main: Callable[[], Any], progress: Progress | None = None) -> int:
+def debugging(flag: bool = False) -> bool:
+    """True when the traceback is wanted: --debug, or $WANDA_DEBUG set to anything but '' or '0'."""
+    return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def print_error(err: BaseException, debug: bool) -> None:
+    """'error: <message>' on stderr; with debug, first the full traceback with every cause ('from None' too)."""
+    if debug:
+        cause: BaseException | None = err
+        while cause is not None:  # show the causes a one-line message hid with 'from None'
+            cause.__suppress_context__ = False
+            cause = cause.__cause__ or cause.__context__
+        traceback.print_exception(err)
+    print(f"error: {err}", file=sys.stderr)
+
+
+def run_cli(main: Callable[[], Any], progress: Progress | None = None, debug: bool = False) -> int:
     """Call main() with SIGINT and SIGTERM as interrupts; a ConfigError becomes one line on stderr and exit
-    status 2, Ctrl-C one line and status 130, SIGTERM one line and status 143."""
+    status 2, a RunError (the data or the model's numbers) one line and status 3, Ctrl-C one line and status 130,
+    SIGTERM one line and status 143. debug: the traceback as well."""
     with signals_as_interrupts():
         try:
             main()
         except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            print_error(err, debugging(debug))
+            return EXIT_BAD_INPUT
+        except RunError as err:
+            print_error(err, debugging(debug))
+            return EXIT_RUN_FAILED
         except Terminated:
             # 143 = 128 + SIGTERM, what a shell and Slurm report for a terminated job.
             print(f"\n{(progress or Progress('run')).interrupted('terminated (SIGTERM)')}", file=sys.stderr)
-            return 143
+            return EXIT_TERMINATED
         except KeyboardInterrupt:
             # 130 = 128 + SIGINT, what a shell reports for Ctrl-C: batch scripts test for it and stop.
             print(f"\n{(progress or Progress('run')).interrupted()}", file=sys.stderr)
-            return 130
+            return EXIT_INTERRUPTED
     return 0

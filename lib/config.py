@@ -1,35 +1,68 @@
 """The frozen, validated settings. Library code takes these, never argparse.Namespace.
 
-Each setting is declared once, as a dataclass field whose metadata carries its flag help, choices and group;
-`lib/cli.py` builds the command line from these fields and maps the parsed flags back. Validation here needs
-no model and no method: what a method cannot honour is checked where the method is looked up
-(`lib.registry.find_method`). This module imports nothing heavy (no torch), so a config is cheap to build.
+Each setting is declared once, by its owner, as a dataclass field whose metadata carries its flag help, group,
+choices and bounds (`setting`); `lib/cli.py` builds the command line from these fields and maps the parsed
+flags back, and one function (`check_settings`) checks every field against its declared rule. PruneConfig holds
+the driver's own settings; each method family and add-on declares a `Settings` section in its own module and
+registers it (`register_settings`, as peft's per-method configs), and PruneConfig carries one instance of every
+registered section: `config.owl_m` reads OWL's. Rules between settings of one section are its `check()`;
+what a method cannot honour is checked where the method is looked up (`lib.registry.find_method`). This
+module imports nothing heavy (no torch) and no plug-in.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from lib.errors import ConfigError
 from lib.protocols import PROTOCOLS
 
 CALIB_DATASETS = ("c4", "wikitext2")
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
 OFFLOAD_MODES = ("auto", "none", "cpu", "disk")
+# A factor of 10 (the default clips) to a power beyond 10 is beyond float16, and beyond 38 beyond float32: the
+# scores become inf or 0 and the mask is arbitrary. The bound of every exponent setting.
 MAX_EXPONENT = 10
+EXPONENT = f"[-{MAX_EXPONENT}, {MAX_EXPONENT}]"
 
 
-class ConfigError(ValueError):
-    """Bad user input; the message is one line naming the value and what is accepted."""
+def setting(default: Any, help: str, *, group: str | None = None, choices: tuple | None = None,
+            flags: tuple[str, ...] | None = None, bounds: str | None = None, note: str | None = None,
+            required: bool = False) -> Any:
+    """A config field with what the CLI and the check need: help, group (default: its section's), choices, flag
+    spellings (default --<name>; the first is the one messages use), bounds ('positive', '> 0', '>= 0', or an
+    interval such as '(0, 1]'), a note added to the bounds' error message, and whether the flag is required."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "flags": flags,
+                                            "bounds": bounds, "note": note, "required": required})
 
 
-def setting(default: Any, help: str, *, group: str = "pruning", choices: tuple | None = None,
-            flags: tuple[str, ...] | None = None) -> Any:
-    """A config field with what the CLI needs: help, group, choices, flag spellings (default --<name>)."""
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "flags": flags})
+def flag_name(f: dataclasses.Field) -> str:
+    """The name a setting goes by on the command line and in messages: its first flag without dashes."""
+    flags = f.metadata.get("flags")
+    return flags[0].lstrip("-") if flags else f.name
+
+
+def within(value: float, bounds: str) -> bool:
+    """True when value satisfies bounds ('positive', '> x', '>= x', '[a, b]', '(a, b)', '[a, b)', '(a, b]')."""
+    if bounds == "positive":
+        return value > 0
+    if bounds.startswith(">"):
+        op, limit = bounds.split()
+        return value >= float(limit) if op == ">=" else value > float(limit)
+    low, high = (float(x) for x in bounds[1:-1].split(","))
+    return (low <= value if bounds[0] == "[" else low < value) and (value <= high if bounds[-1] == "]" else value < high)
+
+
+def bounds_text(bounds: str) -> str:
+    """'a positive integer', '> 0', 'in (0, 1]': what the error message and --help say."""
+    if bounds == "positive":
+        return "a positive integer"
+    return bounds if bounds.startswith(">") else f"in {bounds}"
 
 
 def parse_sparsity_type(sparsity_type: str) -> tuple[int, int]:
@@ -70,126 +103,121 @@ def check_choice(config: Any, name: str) -> None:
         raise ConfigError(f"{name} '{value}' is not one of {list(choices)}")
 
 
+def check_settings(settings: Any) -> None:
+    """Every field of a settings dataclass against its declared rule: finite, one of its choices, within bounds."""
+    check_finite(settings)
+    for f in dataclasses.fields(settings):
+        value, bounds = getattr(settings, f.name), f.metadata.get("bounds")
+        if f.metadata.get("choices") and value is not None:
+            check_choice(settings, f.name)
+        if bounds and value is not None and not within(value, bounds):
+            note = f.metadata.get("note")
+            raise ConfigError(f"{flag_name(f)} {value} must be {bounds_text(bounds)}{f' ({note})' if note else ''}")
+
+
 @dataclass(frozen=True)
-class PruneConfig:
-    """Everything the pruning driver needs. Defaults follow Wanda (and the issue specs for new methods)."""
+class Settings:
+    """A section of settings owned by a method family or add-on: frozen fields declared with `setting`, checked
+    by their rules on construction, then by the section's own `check()` (rules between its settings)."""
+
+    group: ClassVar[str] = "pruning"
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between this section's settings; raise ConfigError naming the values."""
+
+    def check_layer(self, linears: dict) -> None:
+        """Rules against the model's shapes: linears are the first decoder layer's {name: nn.Linear} (on the meta
+        device, before any weight loads); raise ConfigError naming the value and the limit."""
+
+
+SECTIONS: list[type[Settings]] = []
+
+
+def registered_sections() -> list[type[Settings]]:
+    """Every registered section. The plug-ins register theirs when `lib.plugins` imports them, which happens here
+    on first use (by name, at run time: this module imports no plug-in, and `import lib.config` stays light until
+    a PruneConfig is built or its flags are listed)."""
+    importlib.import_module("lib.plugins")
+    return SECTIONS
+
+
+def register_settings(section: type[Settings]) -> type[Settings]:
+    """Add a settings section to every PruneConfig (its field names unique across sections); a decorator."""
+    taken = {f.name for cls in [PruneConfig, *SECTIONS] for f in dataclasses.fields(cls)}
+    clash = taken & {f.name for f in dataclasses.fields(section)}
+    if clash:
+        raise ValueError(f"settings {sorted(clash)} of {section.__name__} are declared twice")
+    SECTIONS.append(section)
+    return section
+
+
+@dataclass(frozen=True, init=False)
+class PruneConfig(Settings):
+    """Everything the pruning driver needs: its own settings here, and one instance of every registered section
+    (the methods' and add-ons'), whose settings read as attributes (`config.percdamp`). Built from flat keyword
+    arguments: `PruneConfig(prune_method="sparsegpt", percdamp=0.1)`. Defaults follow Wanda (and the papers)."""
 
     prune_method: str = setting("wanda", "pruning method; the list with one line each is at the end of --help")
-    # None: N/M for N:M, else 0.5 (resolved in __post_init__, so the stored value is always a number).
+    # None: N/M for N:M, else 0.5 (resolved in __init__, so the stored value is always a number).
     sparsity_ratio: float | None = setting(None, "fraction of weights to prune, in [0, 1) (default 0.5; N/M "
                                                  "for N:M)")
     sparsity_type: str = setting("unstructured", "'unstructured' or N:M such as 2:4, 4:8")
-    nsamples: int = setting(128, "calibration sequences (default 128)")
+    nsamples: int = setting(128, "calibration sequences (default 128)", bounds="positive")
     calib_batch_size: int = setting(0, "calibration sequences per layer call (default 0: as many as fit 8192 "
                                        "tokens; lower it if a layer's activations run out of memory). Results "
                                        "are the same: statistics are summed one sequence at a time (on a GPU, "
-                                       "batched matmuls may still round differently)")
-    seed: int = setting(0, "calibration sampling seed (>= 0)")
-    use_variant: bool = setting(False, "Wanda's alpha-search variant (unstructured only)")
-    blocksize: int = setting(128, "SparseGPT block size (columns per lazy update)", group="SparseGPT")
-    percdamp: float = setting(0.01, "SparseGPT dampening, fraction of mean diag(H), in (0, 1]", group="SparseGPT")
-    sel_tau_percentile: float = setting(
-        0.6, "layer-wide quantile of |x| above which a channel counts as active (IDF), in (0, 1)",
-        group="selectivity")
-    sel_top_quantile: float = setting(0.9, "quantile whose upper tail gives mu_top (spikiness R), in (0, 1)",
-                                      group="selectivity")
-    sel_idf_clip_max: float = setting(10.0, "upper clip of IDF (> 0)", group="selectivity")
-    sel_idf_clip_min: float = setting(0.0, "lower clip of IDF (default 0, the published formula; > 0 keeps "
-                                           "always-on channels)", group="selectivity")
-    sel_spiky_clip_max: float = setting(10.0, "upper clip of the spikiness ratio R (> 0)", group="selectivity")
-    sel_idf_exp: float = setting(1.0, "exponent on IDF, in [-10, 10] (0 turns it off)", group="selectivity")
-    sel_spiky_exp: float = setting(1.0, "exponent on R, in [-10, 10] (0 turns it off)", group="selectivity")
-    neuronrank_max_classes: int = setting(512, "K most frequent calibration token ids used as classes: 0 (no "
-                                               "classes: neuronrank's factor is the variance alone) or >= 2 (one "
-                                               "class has no between-class variance)",
-                                          group="NeuronRank",
-                                          flags=("--neuronrank-max-classes", "--neuronrank_max_classes"))
-    nr_granularity: str = setting("weight", "'weight' (default) or 'neuron' (whole MLP neurons)",
-                                  group="NeuronRank", choices=("neuron", "weight"))
-    nr_exp: float = setting(1.0, "exponent gamma on the channel factor, in [-10, 10]", group="NeuronRank")
-    shrink: bool = setting(False, "neuron granularity: physically drop pruned neurons", group="NeuronRank")
-    # Add-ons that compose with the score methods (RESULTS.md): per-layer ratios, mask refinement, N:M permutation.
-    layer_ratios: str = setting("uniform", "per-layer sparsity: 'uniform' (default) or 'owl' (layers with more "
-                                           "outlier scores pruned less; one extra dense calibration pass)",
-                                group="OWL", choices=("owl", "uniform"))
-    owl_m: float = setting(5.0, "OWL: a score is an outlier above M times its layer's mean score (> 0)",
-                           group="OWL")
-    owl_lambda: float = setting(0.08, "OWL: layer ratios spread over 2 * lambda around the target, their mean "
-                                      "the target (>= 0)", group="OWL")
-    owl_score: str = setting("wanda", "OWL: outliers of Wanda's score |W| * ||X|| (default) or of the method's "
-                                      "own score", group="OWL", choices=("method", "wanda"))
-    refine: str = setting("none", "mask refinement after the score method: 'none' (default) or 'dsnot'",
-                          group="DSnoT", choices=("dsnot", "none"))
-    dsnot_cycles: int = setting(50, "DSnoT: most prune-and-regrow swaps per output row (>= 0)", group="DSnoT")
-    dsnot_threshold: float = setting(0.1, "DSnoT: a row stops once |reconstruction error| <= this (>= 0; in "
-                                          "units of w * sum over a sequence's tokens of x, as upstream)",
-                                     group="DSnoT")
-    dsnot_same_sign: bool = setting(False, "DSnoT unstructured: stop a row before its error changes sign "
-                                           "(upstream's default is off; N:M always checks)", group="DSnoT")
-    dsnot_skip: str = setting("mlp", "DSnoT: linears left with the initial mask: 'mlp' (upstream default: the "
-                                     "MLP's linears) or 'none'", group="DSnoT", choices=("mlp", "none"))
-    ria_alpha: float = setting(0.5, "RIA: exponent a on ||X_j||_2 (>= 0)", group="RIA")
-    ria_group: str = setting("layer", "RIA: compare scores over the whole layer (upstream default) or per output "
-                                      "row (upstream --per_outneuron)", group="RIA", choices=("layer", "row"))
+                                       "batched matmuls may still round differently)", bounds=">= 0",
+                                    note="0 = automatic")
+    # random.Random(-1) is random.Random(1): a negative seed would silently repeat another seed's run.
+    seed: int = setting(0, "calibration sampling seed", bounds=">= 0")
+    use_variant: bool = setting(False, "Wanda's alpha-search variant (unstructured; the methods with a Wanda-form "
+                                       "score)")
+    # Which add-on of each kind runs (lib/registry.py); the names are checked against the registry.
+    layer_ratios: str = setting("uniform", "per-layer sparsity: 'uniform' (default) or a layer-ratio policy (the "
+                                           "add-ons listed at the end)", group="add-ons")
+    refine: str = setting("none", "mask refinement after the score method: 'none' (default) or a mask refiner "
+                                  "(the add-ons listed at the end)", group="add-ons")
     permute: bool = setting(False, "N:M: reorder input channels before the mask so large scores spread over "
                                    "groups (RIA's channel reallocation; any score method); folded into the MLP",
-                            group="RIA")
+                            group="add-ons")
+    sections: tuple[Settings, ...] = field(default=(), repr=False, compare=True, metadata={"section": True})
 
-    def __post_init__(self) -> None:
+    def __init__(self, sections: tuple[Settings, ...] = (), **values: Any) -> None:
+        for f in own_fields(PruneConfig):
+            object.__setattr__(self, f.name, values.pop(f.name, f.default))
+        given = {type(section): section for section in sections}
+        built = []
+        for cls in registered_sections():
+            mine = {name: values.pop(name) for name in [f.name for f in dataclasses.fields(cls)] if name in values}
+            built.append(dataclasses.replace(given[cls], **mine) if cls in given else cls(**mine))
+        if values:
+            known = [f.name for f, _ in all_fields(PruneConfig)]
+            name = sorted(values)[0]
+            raise ConfigError(f"unknown setting '{name}'{suggest(name, known)}")
+        object.__setattr__(self, "sections", tuple(built))
         if self.sparsity_ratio is None:
             n, m = parse_sparsity_type(self.sparsity_type)
             object.__setattr__(self, "sparsity_ratio", n / m if m else 0.5)
-        check_finite(self)
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: a section's setting.
+        for section in self.__dict__.get("sections", ()):
+            if name in section.__dataclass_fields__:
+                return getattr(section, name)
+        raise AttributeError(f"'PruneConfig' has no setting '{name}'")
+
+    def check(self) -> None:
         if not 0.0 <= self.sparsity_ratio < 1.0:
             raise ConfigError(f"sparsity_ratio {self.sparsity_ratio} is outside [0, 1)")
         n, m = parse_sparsity_type(self.sparsity_type)
         if m and abs(n / m - self.sparsity_ratio) > 1e-9:
             raise ConfigError(f"sparsity_type {self.sparsity_type} prunes {n}/{m} = {n / m:g} of the weights but "
                               f"sparsity_ratio is {self.sparsity_ratio}; pass --sparsity_ratio {n / m:g} or omit it")
-        for name in ("nsamples", "blocksize"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} {getattr(self, name)} must be a positive integer")
-        if self.calib_batch_size < 0:
-            raise ConfigError(f"calib_batch_size {self.calib_batch_size} must be >= 0 (0 = automatic)")
-        if self.seed < 0:
-            # random.Random(-1) is random.Random(1): a negative seed would silently repeat another seed's run.
-            raise ConfigError(f"seed {self.seed} must be >= 0")
-        # 0 leaves a rank-deficient Hessian without dampening (Cholesky fails); above 1 the damping outweighs the
-        # data and SparseGPT degenerates to magnitude pruning.
-        if not 0.0 < self.percdamp <= 1.0:
-            raise ConfigError(f"percdamp {self.percdamp} must be in (0, 1] (SparseGPT's default is 0.01)")
-        for name in ("sel_tau_percentile", "sel_top_quantile"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} {getattr(self, name)} must be in (0, 1)")
-        for name in ("sel_idf_clip_max", "sel_spiky_clip_max"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} {getattr(self, name)} must be > 0")
-        if not 0.0 <= self.sel_idf_clip_min <= self.sel_idf_clip_max:
-            raise ConfigError(f"sel_idf_clip_min {self.sel_idf_clip_min} must be in [0, sel_idf_clip_max "
-                              f"{self.sel_idf_clip_max}]")
-        for name in ("sel_idf_exp", "sel_spiky_exp", "nr_exp"):
-            # A factor of 10 (the default clip) to a power beyond 10 is beyond float16, and beyond 38 beyond
-            # float32: the scores become inf or 0 and the mask is arbitrary.
-            if not -MAX_EXPONENT <= getattr(self, name) <= MAX_EXPONENT:
-                raise ConfigError(f"{name} {getattr(self, name)} must be in [-{MAX_EXPONENT}, {MAX_EXPONENT}]")
-        check_choice(self, "nr_granularity")
-        if self.neuronrank_max_classes < 0 or self.neuronrank_max_classes == 1:
-            # One class makes every between-class variance and Fisher ratio 0: the scores degenerate silently.
-            raise ConfigError(f"neuronrank_max_classes {self.neuronrank_max_classes} must be 0 (no classes) or >= 2")
-        for name in ("layer_ratios", "owl_score", "refine", "dsnot_skip", "ria_group"):
-            check_choice(self, name)
-        if not self.owl_m > 0:
-            raise ConfigError(f"owl_m {self.owl_m} must be > 0")
-        if self.dsnot_threshold < 0:
-            raise ConfigError(f"dsnot_threshold {self.dsnot_threshold} must be >= 0")
-        # Ratios spread over more than [0, 1) cannot be meant; nor can an exponent beyond the others' range, or
-        # more swaps per row than any layer has columns to swap (a typo would run for hours).
-        if not 0 <= self.owl_lambda <= 0.5:
-            raise ConfigError(f"owl_lambda {self.owl_lambda} must be in [0, 0.5] (OWL's default is 0.08)")
-        if not 0 <= self.ria_alpha <= MAX_EXPONENT:
-            raise ConfigError(f"ria_alpha {self.ria_alpha} must be in [0, {MAX_EXPONENT}] (RIA's default is 0.5)")
-        if not 0 <= self.dsnot_cycles <= 100_000:
-            raise ConfigError(f"dsnot_cycles {self.dsnot_cycles} must be in [0, 100000] (DSnoT's default is 50)")
 
     @property
     def prune_n(self) -> int:
@@ -202,8 +230,24 @@ class PruneConfig:
         return parse_sparsity_type(self.sparsity_type)[1]
 
     def to_dict(self) -> dict:
-        """Plain dict for results.json."""
-        return dataclasses.asdict(self)
+        """Plain flat dict for results.json: the driver's settings, then every section's."""
+        flat = {f.name: getattr(self, f.name) for f in own_fields(PruneConfig)}
+        for section in self.sections:
+            flat.update(dataclasses.asdict(section))
+        return flat
+
+
+def own_fields(cls: type) -> list[dataclasses.Field]:
+    """The settings fields a dataclass declares itself (not PruneConfig's `sections`)."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("section")]
+
+
+def all_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
+    """(field, declaring class) of every setting of cls: its own, and for PruneConfig every registered section's."""
+    pairs = [(f, cls) for f in own_fields(cls)]
+    if cls is PruneConfig:
+        pairs += [(f, section) for section in registered_sections() for f in dataclasses.fields(section)]
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -248,6 +292,8 @@ class RunConfig:
     save_model: str | None = setting(None, "folder for the pruned model (safetensors) and tokenizer",
                                      group="outputs")
     save_stats: bool = setting(False, "per-layer selection statistics in results.json", group="outputs")
+    debug: bool = setting(False, "on an error, print the full traceback before the one-line message (also: "
+                                 "environment variable WANDA_DEBUG=1)", group="outputs")
 
     def __post_init__(self) -> None:
         check_finite(self)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lib.config import CALIB_DATASETS, ConfigError
+from lib.errors import RunError
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +25,8 @@ WIKITEXT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "te
 C4_PREFERRED = "c4-en-train.00000-of-01024.first1000.jsonl.gz"
 
 
-class DataError(ConfigError):
-    """Data could be found nowhere; the message names every place that was tried."""
+class DataError(RunError):
+    """A data file is missing or damaged; the message names the file, or every place that was tried."""
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
@@ -35,7 +36,7 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
         return None
     path = Path(chosen).expanduser()
     if not path.is_dir():
-        raise DataError(f"data_dir '{chosen}' is not a folder")
+        raise ConfigError(f"data_dir '{chosen}' is not a folder")
     return path
 
 
@@ -101,7 +102,7 @@ def c4_file(data_dir: Path | None) -> Path | None:
 def load_wikitext2_rows(split: str, data_dir: Path | None) -> list[str]:
     """WikiText-2 raw rows as Hugging Face `datasets` gives them: lines with '\\n', blank lines as ''."""
     if split not in WIKITEXT_FILES:
-        raise DataError(f"wikitext2 split '{split}' is not one of {sorted(WIKITEXT_FILES)}")
+        raise ConfigError(f"wikitext2 split '{split}' is not one of {sorted(WIKITEXT_FILES)}")
     tried = []
     if data_dir is not None:
         path = data_dir / "wikitext-2-raw" / WIKITEXT_FILES[split]
@@ -203,7 +204,7 @@ def load_calibration_texts(name: str, data_dir: Path | None) -> list[str]:
         return load_c4_texts(data_dir)
     if name == "wikitext2":
         return load_wikitext2_rows("train", data_dir)
-    raise DataError(f"calib_dataset '{name}' is not one of {list(CALIB_DATASETS)}")
+    raise ConfigError(f"calib_dataset '{name}' is not one of {list(CALIB_DATASETS)}")
 
 
 def calibration_windows(name: str, texts: list[str], tokenizer, nsamples: int, seed: int,

@@ -19,15 +19,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-import lib.methods  # noqa: F401  (registers every method)
-from lib import layer_ratios, permute, refine
 from lib.checks import check_finite_activations, check_finite_stats
 from lib.collectors import Collector
 from lib.config import ConfigError, PruneConfig
-from lib.methods.wanda import WrappedGPT, wanda_score
 from lib.models import find_decoder_layers, find_linears, input_device
 from lib.offload import LayerStore
-from lib.registry import Method, find_method
+from lib.plugins import find_method, selected_addons
+from lib.registry import (AddOn, ColumnOrder, DenseWalk, LayerRatioPolicy, LinearMask, MaskRefiner, Method,
+                          WeightReconstruction)
 from lib.sparsity import make_mask, make_variant_mask
 
 logger = logging.getLogger(__name__)
@@ -54,15 +53,14 @@ class PruneReport:
     layer_sparsity: list[float] = field(default_factory=list)
     layer_seconds: list[float] = field(default_factory=list)
     layer_stats: dict[str, dict] = field(default_factory=dict)
-    # --layer_ratios owl: each layer's target sparsity, and the outlier ratio D_l it came from.
-    layer_ratios: list[float] = field(default_factory=list)
-    outlier_ratios: list[float] = field(default_factory=list)
-    # --permute: {"layers.i.name": index}, W[:, index] is N:M (a runtime gathers x[..., index]); folded ones were
-    # applied to the MLP's weights (down is N:M as stored) and are recorded for reference only.
-    permutations: dict[str, list[int]] = field(default_factory=dict)
-    folded_permutations: dict[str, list[int]] = field(default_factory=dict)
-    # --refine dsnot: prune-and-regrow swaps made in each layer.
-    refine_swaps: list[int] = field(default_factory=list)
+    # The add-ons' fields for results.json (OWL's layer_ratios, DSnoT's refine_swaps ...), after the run.
+    addon_results: dict = field(default_factory=dict)
+    # True when a layer lost weights from its shape (structured pruning with --shrink), not only to zeros.
+    shrunk: bool = False
+
+    def results(self) -> dict:
+        """The fields the add-ons add to results.json."""
+        return self.addon_results
 
     @property
     def sparsity(self) -> float:
@@ -191,10 +189,9 @@ class CalibrationHooks:
     `context` (from method.prepare) goes to every collector's constructor as keyword arguments.
     """
 
-    def __init__(self, linears: dict[str, nn.Linear], method: Method, config: PruneConfig,
-                 context: dict | None = None, collectors: tuple[type[Collector], ...] | None = None) -> None:
+    def __init__(self, linears: dict[str, nn.Linear], classes: tuple[type[Collector], ...], config: PruneConfig,
+                 context: dict | None = None) -> None:
         self.linears = linears
-        classes = method.collectors if collectors is None else collectors
         self.collectors = {name: [cls(lin.in_features, config, **(context or {})) for cls in classes]
                            for name, lin in linears.items()}
         self.aliases: dict[str, str] = {}
@@ -253,12 +250,10 @@ class CalibrationHooks:
 
 
 def calibrate(layer: nn.Module, linears: dict[str, nn.Linear], inps: torch.Tensor, kwargs: dict,
-              calib_ids: torch.Tensor, method: Method, config: PruneConfig, context: dict,
-              batch: int, collectors: tuple[type[Collector], ...] | None = None) -> dict[str, dict]:
-    """Calibrate phase: run inps [n, seqlen, hidden] through the layer in batches -> {linear: statistics}.
-
-    collectors: the collector classes (default the method's; the driver adds the add-ons' to them)."""
-    with CalibrationHooks(linears, method, config, context, collectors) as hooks:
+              calib_ids: torch.Tensor, collectors: tuple[type[Collector], ...], config: PruneConfig, context: dict,
+              batch: int) -> dict[str, dict]:
+    """Calibrate phase: run inps [n, seqlen, hidden] through the layer in batches -> {linear: statistics}."""
+    with CalibrationHooks(linears, collectors, config, context) as hooks:
         for j in range(0, inps.shape[0], batch):
             x = inps[j:j + batch].to(layer_device(layer))
             hooks.next_batch(calib_ids[j:j + batch].to(x.device))
@@ -266,61 +261,63 @@ def calibrate(layer: nn.Module, linears: dict[str, nn.Linear], inps: torch.Tenso
     return hooks.finalize()
 
 
-@dataclass
-class Compressed:
-    """What compress did beyond zeroing weights: --permute's channel orders, --refine's swap count."""
+def of_kind(addons: list[AddOn], kind: type) -> list:
+    """The add-ons of one kind, in registry order."""
+    return [addon for addon in addons if isinstance(addon, kind)]
 
-    permutations: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> index (W[:, index] is N:M)
-    folded: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> index applied to the MLP's weights
-    swaps: int = 0
+
+def choose_mask(item: LinearMask, method: Method, config: PruneConfig, addons: list[AddOn]) -> None:
+    """item.order and item.mask from the score: the column order's (if any), the one mask function (or Wanda's
+    variant), then every mask refiner in turn."""
+    for column_order in of_kind(addons, ColumnOrder):  # at most one: --permute selects it
+        item.order = column_order.order(item.scores)
+        item.scores = item.ordered(item.scores)
+    if config.use_variant and not config.prune_n:
+        item.mask = make_variant_mask(item.scores, config.sparsity_ratio)
+    else:
+        item.mask = make_mask(item.scores, config.sparsity_ratio, config.prune_n, config.prune_m,
+                              method.mask_group(config))
+    for refiner in of_kind(addons, MaskRefiner):
+        item.mask = refiner.refine(item)
+
+
+def prune_linear(name: str, linear: nn.Linear, stats: dict, method: Method, config: PruneConfig,
+                 addons: list[AddOn]) -> None:
+    """Prune one linear in place: the method's reconstruction, or its score -> mask -> the add-ons' post-steps."""
+    W = linear.weight.data
+    if method.update is not None:
+        linear.weight.data = method.update(W.float(), stats, config).to(W.dtype)
+        return
+    weight = W.float()
+    item = LinearMask(name, weight, stats, method.score(weight, stats, config))
+    choose_mask(item, method, config, addons)
+    reconstructions = of_kind(addons, WeightReconstruction)
+    # The dense weights for a reconstruction, kept apart: zeroing below writes into W (weight is W for float32).
+    dense = weight.clone() if reconstructions else None
+    column_orders = of_kind(addons, ColumnOrder)
+    if column_orders:
+        mask = column_orders[0].apply(linear, item)
+    else:
+        mask = item.mask
+        W[mask] = 0
+    for reconstruction in reconstructions:
+        dense = reconstruction.reconstruct(dense, mask, stats)
+        linear.weight.data = dense.to(linear.weight.dtype)
 
 
 def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, dict], method: Method,
-             config: PruneConfig, ratio: float | None = None) -> Compressed:
-    """Compress phase: prune every linear of one layer in place (or the whole layer, for structured methods).
-
-    ratio: this layer's sparsity (--layer_ratios), default config.sparsity_ratio. After the score method's mask:
-    --permute chooses it in a reordered column order (folded into the MLP where possible), --refine dsnot
-    refines it (in that order)."""
-    done = Compressed()
+             config: PruneConfig, addons: list[AddOn] = (), index: int = 0, ratio: float | None = None) -> None:
+    """Compress phase: prune every linear of decoder layer `index` in place (or the whole layer, for structured
+    methods). ratio: this layer's sparsity (a layer-ratio policy's), default config.sparsity_ratio."""
     if ratio is not None and ratio != config.sparsity_ratio:
         config = dataclasses.replace(config, sparsity_ratio=ratio)
     if method.prunes_layer(config):
         method.prune_layer(layer, linears, stats, config)
-        return done
-    fold = permute.foldable_mlp(linears) if config.permute else None
-    unrefined = refine.skipped(linears, config) if config.refine != "none" else set()
+        return
+    for addon in addons:
+        addon.start_layer(index, linears)
     for name, linear in linears.items():
-        W = linear.weight.data
-        if method.update is not None:
-            linear.weight.data = method.update(W.float(), stats[name], config).to(W.dtype)
-            continue
-        scores = method.score(W.float(), stats[name], config)
-        index = permute.reallocation_index(scores, config.prune_m) if config.permute else None
-        scores = scores if index is None else scores[:, index]
-        if config.use_variant and not config.prune_n:
-            mask = make_variant_mask(scores, config.sparsity_ratio)
-        else:
-            mask = make_mask(scores, config.sparsity_ratio, config.prune_n, config.prune_m,
-                             method.mask_group(config))
-        if config.refine == "dsnot" and name not in unrefined:
-            sum_x, var = stats[name]["dsnot_sum_x"], stats[name]["dsnot_var"]
-            Wf = W.float()
-            if index is not None:
-                Wf, sum_x, var = Wf[:, index], sum_x[index.to(sum_x.device)], var[index.to(var.device)]
-            mask, swaps = refine.dsnot(Wf, scores, mask, sum_x, var, config.dsnot_cycles, config.dsnot_threshold,
-                                       config.dsnot_same_sign, config.prune_m)
-            done.swaps += swaps
-        if index is None:
-            W[mask] = 0
-        elif fold is not None and name == fold[1]:
-            permute.fold_mlp(linears, *fold, index)
-            linear.weight.data[mask] = 0
-            done.folded[name] = index
-        else:
-            W[torch.zeros_like(mask).index_copy_(1, index.to(mask.device), mask)] = 0
-            done.permutations[name] = index
-    return done
+        prune_linear(name, linear, stats[name], method, config, addons)
 
 
 def propagate(layer: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: dict, batch: int) -> None:
@@ -366,45 +363,38 @@ def layer_walk(model: nn.Module, layers: nn.ModuleList, calib_ids: torch.Tensor,
             seconds.append(time.time() - start)
 
 
-def outlier_ratios(model: nn.Module, layers: nn.ModuleList, calib_ids: torch.Tensor, method: Method,
-                   config: PruneConfig, context: dict, batch: int, store: LayerStore | None = None) -> list[float]:
-    """OWL's dense pass: every layer's outlier ratio D_l, weights untouched (the layer walk without compress).
-
-    Costs one more calibrate and propagate per layer than the pruning walk (upstream OWL's extra pass); the
-    inputs of layer l come from the dense layers before it."""
-    if layer_ratios.uses_method_score(config):
-        collectors, score = method.collectors, method.score
-    else:
-        collectors, score, context = (WrappedGPT,), wanda_score, {}
-    ratios = []
-    for i, layer, inps, kwargs in layer_walk(model, layers, calib_ids, bool(collectors), batch, store, False,
-                                             "OWL outlier ratios"):
-        linears = find_linears(layer)
-        stats: dict[str, dict] = {name: {} for name in linears}
-        if inps is not None:
-            stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch, collectors)
-        ratios.append(layer_ratios.outlier_ratio(
-            lambda: (score(lin.weight.data.float(), stats[name], config) for name, lin in linears.items()),
-            config.owl_m))
-    return ratios
+def dense_walk(model: nn.Module, layers: nn.ModuleList, calib_ids: torch.Tensor, config: PruneConfig, batch: int,
+               store: LayerStore | None) -> DenseWalk:
+    """The walk a layer-ratio policy may run before pruning: per layer, (linears, their statistics from the given
+    collectors), weights untouched; each layer's inputs come from the dense layers before it."""
+    def walk(collectors: tuple[type[Collector], ...], context: dict, desc: str):
+        for i, layer, inps, kwargs in layer_walk(model, layers, calib_ids, bool(collectors), batch, store, False, desc):
+            linears = find_linears(layer)
+            stats: dict[str, dict] = {name: {} for name in linears}
+            if inps is not None:
+                stats = calibrate(layer, linears, inps, kwargs, calib_ids, collectors, config, context, batch)
+            yield linears, stats
+    return walk
 
 
 def needs_calibration(method: Method, config: PruneConfig) -> bool:
-    """True when pruning reads calibration data: the method's or the add-ons' collectors, or OWL's Wanda pass."""
+    """True when pruning reads calibration data: the method's collectors or an add-on's."""
     if config.sparsity_ratio == 0:
         return False
-    owl_needs = config.layer_ratios == "owl" and not layer_ratios.uses_method_score(config)
-    return bool(method.collectors or refine.collectors(config)) or owl_needs
+    return bool(method.collectors) or any(addon.needs_calibration(method) for addon in selected_addons(config))
 
 
-def check_widths(layers: nn.ModuleList, config: PruneConfig) -> None:
-    """Fail before any work if some linear's input width is not a multiple of M."""
-    if not config.prune_m:
-        return
-    for name, linear in find_linears(layers[0]).items():
-        if linear.in_features % config.prune_m:
-            raise ConfigError(f"layer '{name}' has {linear.in_features} input columns, not a multiple of "
-                              f"M={config.prune_m}; {config.sparsity_type} cannot apply")
+def check_layers(layers: nn.ModuleList, config: PruneConfig) -> None:
+    """Fail before any work if some linear's input width is not a multiple of M, or a settings section's check
+    of the first layer's shapes fails (works on the meta device)."""
+    linears = find_linears(layers[0])
+    if config.prune_m:
+        for name, linear in linears.items():
+            if linear.in_features % config.prune_m:
+                raise ConfigError(f"layer '{name}' has {linear.in_features} input columns, not a multiple of "
+                                  f"M={config.prune_m}; {config.sparsity_type} cannot apply")
+    for section in config.sections:
+        section.check_layer(linears)
 
 
 def layer_sparsity(linears: dict[str, nn.Linear], original: int) -> float:
@@ -412,6 +402,16 @@ def layer_sparsity(linears: dict[str, nn.Linear], original: int) -> float:
     zeros = sum((lin.weight == 0).sum().item() for lin in linears.values())
     remaining = sum(lin.weight.numel() for lin in linears.values())
     return (zeros + original - remaining) / original
+
+
+def layer_ratios(model: nn.Module, layers: nn.ModuleList, calib_ids: torch.Tensor, method: Method,
+                 config: PruneConfig, addons: list[AddOn], context: dict, batch: int,
+                 store: LayerStore | None) -> list[float]:
+    """Each layer's sparsity: the layer-ratio policy's, else config.sparsity_ratio everywhere."""
+    for policy in of_kind(addons, LayerRatioPolicy):
+        walk = dense_walk(model, layers, calib_ids, config, batch, store)
+        return policy.ratios(walk, method, context, len(layers))
+    return [config.sparsity_ratio] * len(layers)
 
 
 @torch.no_grad()
@@ -425,7 +425,7 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig, 
     """
     method = find_method(config)
     layers = find_decoder_layers(model)
-    check_widths(layers, config)
+    check_layers(layers, config)
     report = PruneReport(method.name)
     if config.sparsity_ratio == 0:
         logger.info("sparsity_ratio 0: nothing to prune")
@@ -435,35 +435,27 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, config: PruneConfig, 
     # are batch-split invariant, so the statistics are the same.
     batch = calib_batch_size(config, calib_ids.shape[1])
     context = method.prepare(calib_ids, config) if method.prepare is not None else {}
-    ratios = [config.sparsity_ratio] * len(layers)
-    if config.layer_ratios == "owl":
-        report.outlier_ratios = outlier_ratios(model, layers, calib_ids, method, config, context, batch, store)
-        ratios = report.layer_ratios = layer_ratios.owl_ratios(report.outlier_ratios, config.sparsity_ratio,
-                                                               config.owl_lambda)
-        logger.info("OWL: outlier ratios %s -> layer sparsities %s (mean %.6f)",
-                    [round(d, 6) for d in report.outlier_ratios], [round(r, 6) for r in ratios],
-                    sum(ratios) / len(ratios))
+    addons = selected_addons(config)
+    ratios = layer_ratios(model, layers, calib_ids, method, config, addons, context, batch, store)
     # The method's collectors plus those the add-ons need, each class once.
-    collectors = tuple(dict.fromkeys(method.collectors + refine.collectors(config)))
+    collectors = tuple(dict.fromkeys(method.collectors + sum((addon.collectors for addon in addons), ())))
     for i, layer, inps, kwargs in layer_walk(model, layers, calib_ids, bool(collectors), batch, store, True,
                                              "pruning layer", report.layer_seconds):
         linears = find_linears(layer)
         stats: dict[str, dict] = {name: {} for name in linears}
         if inps is not None:
-            stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, context, batch, collectors)
+            stats = calibrate(layer, linears, inps, kwargs, calib_ids, collectors, config, context, batch)
             for name, linear_stats in stats.items():
                 check_finite_stats(i, name, linear_stats)
         # Structured methods may shrink linears: count removed weights as pruned, against the original size.
         original = sum(lin.weight.numel() for lin in linears.values())
-        done = compress(layer, linears, stats, method, config, ratios[i])
-        report.permutations.update({f"layers.{i}.{n}": index.tolist() for n, index in done.permutations.items()})
-        report.folded_permutations.update({f"layers.{i}.{n}": index.tolist() for n, index in done.folded.items()})
-        if config.refine != "none":
-            report.refine_swaps.append(done.swaps)
+        compress(layer, linears, stats, method, config, addons, i, ratios[i])
+        report.shrunk |= sum(lin.weight.numel() for lin in linears.values()) != original
         if record_stats and method.summarize is not None:
             for name in linears:
                 report.layer_stats[f"layers.{i}.{name}"] = method.summarize(stats[name], config)
         report.layer_sparsity.append(layer_sparsity(linears, original))
-        logger.info("layer %d/%d: sparsity %.4f%s", i + 1, len(layers), report.layer_sparsity[-1],
-                    f"; {config.refine} swaps {done.swaps}" if config.refine != "none" else "")
+        logger.info("layer %d/%d: sparsity %.4f", i + 1, len(layers), report.layer_sparsity[-1])
+    for addon in addons:
+        report.addon_results.update(addon.results())
     return report

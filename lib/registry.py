@@ -1,4 +1,4 @@
-"""The method registry: a name, the collectors it needs, and pure functions. Imports no method.
+"""The registries of methods and add-ons: names, the collectors they need, and small functions. Imports no plug-in.
 
 Score methods: `score(W [out, in], stats, config) -> scores [out, in]`, low score = pruned, masked by the one
 mask function (per row, or per layer for magnitude; N:M when asked).
@@ -8,16 +8,27 @@ Layer methods (structured, e.g. NeuronRank neurons): `prune_layer(layer, linears
 
 Method families live in `lib/methods/`, one module each, registering themselves on import; `lib.methods`
 imports them all. A new method is one module there and one oracle test (IMPLEMENTATION_SUMMARY.md).
+
+Add-ons compose with the score methods and come in four kinds, each a class below with a small interface; the
+driver calls them through it and names none (llm-compressor turns `sparsity_profile="owl"` into a plain
+per-layer list the same way). One instance runs per prune_model call and keeps that run's results:
+  LayerRatioPolicy      per-layer sparsities, from a dense calibration walk before pruning (OWL);
+  ColumnOrder           the column order an N:M mask is chosen in, and how the mask lands on the weights (permute);
+  MaskRefiner           a post-step changing a linear's mask (DSnoT);
+  WeightReconstruction  a post-step changing the kept weights given the final mask and the statistics (e.g. the
+                        layer's Hessian from lib.collectors.InputHessian, the one Hessian collector).
+Add-on modules live in `lib/addons/`, registering themselves with `register_addon`; `lib.addons` imports them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from lib.config import ConfigError, PruneConfig, suggest
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from lib.collectors import Collector
 
@@ -81,9 +92,6 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
-# Checks of the add-ons that compose with any score method (OWL, DSnoT, permutation): each add-on module
-# registers its check(method, config) on import, so the registry imports none of them.
-ADDON_CHECKS: list[Callable[[Method, PruneConfig], None]] = []
 
 
 def register(method: Method) -> Method:
@@ -95,12 +103,168 @@ def register(method: Method) -> Method:
 
 
 def find_method(config: PruneConfig) -> Method:
-    """The registered method config.prune_method names, after checking it can honour the config."""
+    """The registered method config.prune_method names, after checking it and the add-ons can honour the config."""
     method = METHODS.get(config.prune_method)
     if method is None:
         raise ConfigError(f"unknown prune_method '{config.prune_method}'"
                           f"{suggest(config.prune_method, sorted(METHODS))}; choose from {sorted(METHODS)}")
     method.validate(config)
-    for check in ADDON_CHECKS:
-        check(method, config)
+    for addon in selected_addons(config):
+        addon.check(method)
     return method
+
+
+@dataclass
+class LinearMask:
+    """One linear's mask as the compress phase builds it, handed to the add-ons in turn.
+
+    scores and mask have their columns in `order` (column j is stored column order[j]; None: the stored order).
+    """
+
+    name: str
+    weight: torch.Tensor  # W [out, in] float, stored column order, not yet pruned
+    stats: dict  # the linear's statistics (stored column order)
+    scores: torch.Tensor  # [out, in], low = pruned
+    order: torch.Tensor | None = None  # [in]
+    mask: torch.Tensor | None = None  # [out, in] bool, True = pruned
+
+    def ordered(self, t: torch.Tensor) -> torch.Tensor:
+        """The last dimension of t ([in] or [out, in]) in `order`."""
+        return t if self.order is None else t[..., self.order.to(t.device)]
+
+
+# A dense calibration walk a layer-ratio policy may run: (collector classes, collector context, progress label)
+# -> per decoder layer, (its linears {name: nn.Linear}, their statistics {name: dict}); weights untouched.
+DenseWalk = Callable[[tuple, dict, str], Iterator[tuple[dict, dict]]]
+
+
+class AddOn:
+    """Base of the add-on kinds. A kind names the PruneConfig field that selects its add-ons (`selector`, with
+    `off` when none runs); an add-on sets `name`, `help`, the `collectors` it adds to the pruning walk, and
+    overrides what it needs. `check` refuses method/setting combinations it cannot honour, in one line."""
+
+    kind: ClassVar[str] = ""
+    selector: ClassVar[str] = ""
+    off: ClassVar[Any] = None
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    collectors: ClassVar[tuple[type[Collector], ...]] = ()
+
+    def __init__(self, config: PruneConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def selected(cls, config: PruneConfig) -> bool:
+        """True when the config turns this add-on on (a boolean selector: when it is set)."""
+        value = getattr(config, cls.selector, cls.off)
+        return value is True if isinstance(value, bool) else value == cls.name
+
+    def check(self, method: Method) -> None:
+        """Raise ConfigError for a combination with `method` (or a setting) this add-on cannot honour."""
+
+    def needs_calibration(self, method: Method) -> bool:
+        """True when this add-on reads calibration data (its collectors, or its own dense walk)."""
+        return bool(self.collectors)
+
+    def start_layer(self, index: int, linears: dict[str, nn.Linear]) -> None:
+        """Called before the compress phase of decoder layer `index` (0-based) with its linears."""
+
+    def results(self) -> dict:
+        """The fields this add-on adds to results.json (JSON-able), after the run."""
+        return {}
+
+
+class LayerRatioPolicy(AddOn):
+    """Per-layer sparsities whose mean is the target (--layer_ratios NAME)."""
+
+    kind, selector, off = "layer ratios", "layer_ratios", "uniform"
+
+    def ratios(self, walk: DenseWalk, method: Method, context: dict, layers: int) -> list[float]:
+        """Each decoder layer's sparsity; `walk` runs the dense model's calibration if the policy needs it."""
+        raise NotImplementedError
+
+
+class ColumnOrder(AddOn):
+    """The column order an N:M mask is chosen in (--permute), and how the mask then lands on the weights. One is
+    registered at a time (the selector is a switch)."""
+
+    kind, selector, off = "column order", "permute", False
+
+    def order(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores [out, in] -> order [in]: new column j is stored column order[j]."""
+        raise NotImplementedError
+
+    def apply(self, linear: nn.Linear, item: LinearMask) -> torch.Tensor:
+        """Zero item.mask's weights of `linear` (the mask is in item.order) -> the mask in the stored order."""
+        raise NotImplementedError
+
+
+class MaskRefiner(AddOn):
+    """A post-step on a linear's mask, before any weight is zeroed (--refine NAME)."""
+
+    kind, selector, off = "mask refinement", "refine", "none"
+
+    def refine(self, item: LinearMask) -> torch.Tensor:
+        """-> the new mask [out, in], columns in item.order, the same count per row (or per N:M group)."""
+        raise NotImplementedError
+
+
+class WeightReconstruction(AddOn):
+    """A post-step on the kept weights given the final mask (--reconstruct NAME, the setting its module declares).
+
+    The statistics are in the input order the calibration saw: where a column order was folded into the MLP
+    (--permute), the narrowing linear's columns are permuted (the ColumnOrder's results say how), so a
+    reconstruction reading per-input statistics refuses --permute in its check or reorders them."""
+
+    kind, selector, off = "weight reconstruction", "reconstruct", "none"
+
+    def reconstruct(self, W: torch.Tensor, mask: torch.Tensor, stats: dict) -> torch.Tensor:
+        """W [out, in] float, the weights before the mask (the dense layer's, or an earlier reconstruction's),
+        mask [out, in] (True = pruned) in the stored order -> W' [out, in] float, zero where mask."""
+        raise NotImplementedError
+
+
+# The order checks run and results.json lists their fields; the driver runs each kind at its own step.
+KINDS: tuple[type[AddOn], ...] = (LayerRatioPolicy, MaskRefiner, ColumnOrder, WeightReconstruction)
+ADDONS: dict[str, type[AddOn]] = {}
+
+
+def register_addon(addon: type[AddOn]) -> type[AddOn]:
+    """Add an add-on class to the registry (names are unique, the kind one of KINDS); usable as a decorator."""
+    if addon.name in ADDONS or not addon.name:
+        raise ValueError(f"add-on '{addon.name}' is registered twice or has no name")
+    kind = next((kind for kind in KINDS if issubclass(addon, kind)), None)
+    if kind is None:
+        raise ValueError(f"add-on '{addon.name}' is none of the kinds {[k.__name__ for k in KINDS]}")
+    if isinstance(kind.off, bool) and addon_names(kind):  # a switch selects every add-on of its kind
+        raise ValueError(f"add-on '{addon.name}': --{kind.selector} already selects {addon_names(kind)}")
+    ADDONS[addon.name] = addon
+    return addon
+
+
+def addon_names(kind: type[AddOn]) -> list[str]:
+    """The registered add-ons of one kind, sorted."""
+    return sorted(name for name, cls in ADDONS.items() if issubclass(cls, kind))
+
+
+def selector_choices() -> dict[str, tuple]:
+    """{selector field: (off, every registered name)} of the kinds chosen by name, for --help."""
+    return {kind.selector: (kind.off, *addon_names(kind)) for kind in KINDS if not isinstance(kind.off, bool)}
+
+
+def check_selectors(config: PruneConfig) -> None:
+    """Every kind's selector names a registered add-on of that kind (or is off)."""
+    for kind in KINDS:
+        value = getattr(config, kind.selector, kind.off)
+        if isinstance(value, bool) or value == kind.off:
+            continue
+        names = addon_names(kind)
+        if value not in names:
+            raise ConfigError(f"unknown {kind.selector} '{value}'{suggest(str(value), names)}; choose from "
+                              f"{[kind.off, *names]}")
+
+
+def selected_addons(config: PruneConfig) -> list[AddOn]:
+    """One instance of every add-on the config turns on, in KINDS' order."""
+    check_selectors(config)
+    return [cls(config) for kind in KINDS for cls in ADDONS.values() if issubclass(cls, kind) and cls.selected(config)]

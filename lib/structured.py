@@ -11,15 +11,27 @@ Any Wanda-form score |W_ij| * g_j gets this granularity for free: `Method(..., *
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
-from lib.config import ConfigError, PruneConfig
+from lib.config import ConfigError, PruneConfig, Settings, register_settings, setting
 
 logger = logging.getLogger(__name__)
+
+@register_settings
+@dataclass(frozen=True)
+class GranularitySettings(Settings):
+    """What a method with a Wanda-form score removes: single weights, or whole MLP neurons (Method.structured)."""
+
+    group: ClassVar[str] = "granularity (wanda, wanda_*, neuronrank*)"
+    nr_granularity: str = setting("weight", "'weight' (default) or 'neuron' (whole MLP neurons)",
+                                  choices=("neuron", "weight"))
+    shrink: bool = setting(False, "neuron granularity: physically drop pruned neurons (a smaller model)")
+
 
 # Config attributes that hold the MLP width, updated when --shrink removes neurons.
 MLP_WIDTH_KEYS = ("intermediate_size", "ffn_dim", "n_inner", "d_ff", "ffn_hidden_size")

@@ -145,6 +145,27 @@ def _extract(task_results: dict, n_samples: dict | None, source: str) -> dict:
     return row
 
 
+def _load_tasks(task_manager, tasks: list[str], plan: TaskPlan, results: dict) -> tuple[dict[str, str], set]:
+    """Load each task on its own, so one unreachable dataset skips one task instead of the whole run -> ({task:
+    lm-eval source}, the tasks' default num_fewshot values); a skipped task's reason goes into results."""
+    runnable: dict[str, str] = {}
+    fewshot_defaults = set()
+    for name in tasks:
+        source = plan.local.get(name, name if name in plan.hub else None)
+        if source is None or name in runnable:
+            continue
+        try:
+            loaded = task_manager.load([source])
+        except Exception as err:  # noqa: BLE001 - any load failure (hub unreachable, bad YAML, missing file) skips the task
+            reason = f"lm-eval could not load '{source}': {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            logger.warning("zero-shot: skipping task '%s': %s", name, reason)
+            results[name] = {"skipped": reason}
+            continue
+        runnable[name] = source
+        fewshot_defaults |= {t.get_config("num_fewshot") for t in loaded["tasks"].values()}
+    return runnable, fewshot_defaults
+
+
 def eval_zero_shot(model: nn.Module, tokenizer, tasks: list[str], limit: int | None, batch_size: int | str,
                    data_dir: Path | None, plan: TaskPlan | None = None) -> dict[str, dict]:
     """Zero-shot lm-eval on the in-memory model -> {standard task name: {acc, acc_stderr, acc_norm, acc_norm_stderr, n, task}}.
@@ -172,23 +193,7 @@ def eval_zero_shot(model: nn.Module, tokenizer, tasks: list[str], limit: int | N
         # Indexing lm-eval's ~15k built-in YAMLs takes seconds; skip it when every task is local.
         task_manager = TaskManager(include_path=tmp if plan.local else None, include_defaults=bool(plan.hub))
 
-        # Load each task on its own first, so one unreachable dataset skips one task instead of the whole run.
-        runnable: dict[str, str] = {}
-        fewshot_defaults = set()
-        for name in tasks:
-            source = plan.local.get(name, name if name in plan.hub else None)
-            if source is None or name in runnable:
-                continue
-            try:
-                loaded = task_manager.load([source])
-            except Exception as err:  # noqa: BLE001 - any load failure (hub unreachable, bad YAML, missing file) skips the task
-                reason = f"lm-eval could not load '{source}': {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                logger.warning("zero-shot: skipping task '%s': %s", name, reason)
-                results[name] = {"skipped": reason}
-                continue
-            runnable[name] = source
-            fewshot_defaults |= {t.get_config("num_fewshot") for t in loaded["tasks"].values()}
-
+        runnable, fewshot_defaults = _load_tasks(task_manager, tasks, plan, results)
         if not runnable:
             logger.warning("zero-shot: no task could be loaded; nothing evaluated")
             return results

@@ -17,14 +17,16 @@ if __name__ == "__main__":
 
 import argparse
 import json
+from dataclasses import dataclass
+from typing import ClassVar
 import logging
 from pathlib import Path
 
 import torch
 
 from lib.checks import check_model_target, check_output_dir
-from lib.cli import OneLineParser, Progress, run_cli
-from lib.config import ConfigError
+from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
+from lib.config import ConfigError, Settings, setting
 from lib.models import DTYPES
 from lib.runinfo import save_model_atomic, write_atomic
 from lora_ft.lora_utils import merge_lora
@@ -33,55 +35,53 @@ logger = logging.getLogger("lora_ft.evaluate_ppl")
 # The phase the run is in and what it has written, for the one-line Ctrl-C / SIGTERM message.
 PROGRESS = Progress()
 
+@dataclass(frozen=True)
+class EvaluateSettings(Settings):
+    """evaluate_ppl.py's flags; the evaluation flags mean what they mean in main.py."""
+
+    group: ClassVar[str] = "evaluation"
+    lora_weights: str | None = setting(None, "adapter folder written by lora_ft/finetune_lm.py", required=True)
+    model: str | None = setting(None, "base model (default: the one recorded in the adapter's config)")
+    data_dir: str | None = setting(None, "local data folder (default: $WANDA_DATA_DIR)")
+    cache_dir: str = setting("llm_weights", "hub cache and GGUF conversions")
+    seqlen: int | None = setting(None, "evaluation window in tokens (default min(2048, model maximum), as main.py)",
+                                 bounds="positive")
+    eval_limit: int | None = setting(None, "evaluate only the first N windows", bounds="positive")
+    eval_batch_size: int = setting(1, "windows per forward", bounds="positive")
+    skip_base: bool = setting(False, "do not evaluate the base model without the adapter")
+    merge_masked: bool = setting(False, "merge the adapter, then re-apply the pruning mask (keeps sparsity)")
+    merge: bool = setting(False, "merge the adapter plainly (fills pruned weights: destroys sparsity)")
+    save_merged: str | None = setting(None, "save the merged model (and tokenizer) to this folder")
+    eval_zero_shot: bool = setting(False, "also run lm-eval zero-shot on the final model")
+    tasks: str | None = setting(None, "comma-separated lm-eval tasks (default: Wanda's seven)")
+    zs_limit: int | None = setting(None, "items per zero-shot task", bounds="positive")
+    zs_batch_size: int = setting(8, "zero-shot batch size", bounds="positive")
+    dtype: str | None = setting(None, "default float32 on CPU, float16 on CUDA (lib.models' default)",
+                                choices=tuple(sorted(DTYPES)))
+    output: str | None = setting(None, "results JSON (default: <lora_weights>/eval_results.json)")
+
+    def check(self) -> None:
+        if self.merge and self.merge_masked:
+            raise ConfigError("--merge and --merge_masked exclude each other; pass one")
+        if self.save_merged and not (self.merge or self.merge_masked):
+            raise ConfigError(f"--save_merged {self.save_merged} needs --merge_masked (keeps sparsity) or --merge")
+        for name in ("tasks", "zs_limit"):
+            if not self.eval_zero_shot and getattr(self, name) is not None:
+                raise ConfigError(f"--{name} {getattr(self, name)} has no effect without --eval_zero_shot; add "
+                                  "--eval_zero_shot or drop it")
+        if self.tasks is not None and not self.task_list():
+            raise ConfigError(f"tasks '{self.tasks}' names no task; pass comma-separated lm-eval task names")
+
+    def task_list(self) -> list[str] | None:
+        """The --tasks names (None when not given: the default tasks)."""
+        return None if self.tasks is None else [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI; evaluation flags mean what they mean in main.py."""
+    """The CLI, built from EvaluateSettings (each flag declared once, with its rule)."""
     p = OneLineParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lora_weights", required=True, help="adapter folder written by lora_ft/finetune_lm.py")
-    p.add_argument("--model", default=None, help="base model (default: the one recorded in the adapter's config)")
-    p.add_argument("--data_dir", default=None, help="local data folder (default: $WANDA_DATA_DIR)")
-    p.add_argument("--cache_dir", default="llm_weights")
-    p.add_argument("--seqlen", type=int, default=None,
-                   help="evaluation window in tokens (default min(2048, model maximum), as main.py)")
-    p.add_argument("--eval_limit", type=int, default=None, help="evaluate only the first N windows")
-    p.add_argument("--eval_batch_size", type=int, default=1)
-    p.add_argument("--skip_base", action="store_true", help="do not evaluate the base model without the adapter")
-    merge = p.add_mutually_exclusive_group()
-    merge.add_argument("--merge_masked", action="store_true",
-                       help="merge the adapter, then re-apply the pruning mask (keeps sparsity)")
-    merge.add_argument("--merge", action="store_true",
-                       help="merge the adapter plainly (fills pruned weights: destroys sparsity)")
-    p.add_argument("--save_merged", default=None, help="save the merged model (and tokenizer) to this folder")
-    p.add_argument("--eval_zero_shot", action="store_true", help="also run lm-eval zero-shot on the final model")
-    p.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks (default: Wanda's seven)")
-    p.add_argument("--zs_limit", type=int, default=None, help="items per zero-shot task")
-    p.add_argument("--zs_batch_size", type=int, default=8)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="default float32 on CPU, float16 on CUDA (lib.models' default)")
-    p.add_argument("--output", default=None, help="results JSON (default: <lora_weights>/eval_results.json)")
+    add_settings(p, EvaluateSettings)
     return p
-
-
-def check_args(args: argparse.Namespace) -> list[str] | None:
-    """Flags no settings dataclass checks, one line naming the value -> the zero-shot task list (None: default)."""
-    for name in ("seqlen", "eval_limit", "zs_limit"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{name} {value} must be a positive integer")
-    for name in ("eval_batch_size", "zs_batch_size"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"{name} {getattr(args, name)} must be a positive integer")
-    if args.save_merged and not (args.merge or args.merge_masked):
-        raise ConfigError(f"--save_merged {args.save_merged} needs --merge_masked (keeps sparsity) or --merge")
-    for name in ("tasks", "zs_limit"):
-        if not args.eval_zero_shot and getattr(args, name) is not None:
-            raise ConfigError(f"--{name} {getattr(args, name)} has no effect without --eval_zero_shot; add "
-                              "--eval_zero_shot or drop it")
-    tasks = None
-    if args.tasks is not None:
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        if not tasks:
-            raise ConfigError(f"tasks '{args.tasks}' names no task; pass comma-separated lm-eval task names")
-    return tasks
 
 
 def check_adapter(adapter: Path) -> str:
@@ -110,7 +110,7 @@ def check_adapter(adapter: Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate and return (and save) {sparsity, ppl} for base, base + adapter, and the merged model."""
-    args = build_parser().parse_args(argv)
+    args = settings_from(EvaluateSettings, build_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from peft import PeftModel
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lib.sparsity import check_sparsity
 
     PROGRESS.phase, PROGRESS.written = "check", []
-    tasks = check_args(args)
+    tasks = args.task_list()
     adapter = Path(args.lora_weights)
     spec = args.model or check_adapter(adapter)
     if args.model:

@@ -18,6 +18,8 @@ if __name__ == "__main__":
 import argparse
 import dataclasses
 import json
+from dataclasses import dataclass
+from typing import ClassVar
 import logging
 import time
 from pathlib import Path
@@ -25,8 +27,8 @@ from pathlib import Path
 import torch
 
 from lib.checks import check_model_target, check_output_dir
-from lib.cli import OneLineParser, Progress, finite_float, run_cli
-from lib.config import ConfigError
+from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
+from lib.config import ConfigError, Settings, setting
 from lib.models import DTYPES
 from lib.runinfo import save_model_atomic, write_atomic
 
@@ -36,32 +38,31 @@ from lora_ft.lora_utils import LoraSettings, TrainSettings, attach_lora, mean_lo
 
 logger = logging.getLogger("lora_ft.finetune_lm")
 
+@dataclass(frozen=True)
+class FinetuneRun(Settings):
+    """What finetune_lm.py does around the training: the model, the text, the output (flags named as Wanda's and
+    HF run_clm's)."""
+
+    group: ClassVar[str] = "run"
+    model: str | None = setting(None, "folder saved by main.py --save_model (or any lib.models spec)", required=True)
+    output_dir: str | None = setting(None, "where the adapter (adapter_config.json + weights) goes", required=True)
+    dataset: str = setting("c4", "training text: local C4 sample (default, as Wanda) or WikiText-2 train",
+                           choices=("c4", "wikitext2"))
+    train_file: str | None = setting(None, "train on this .txt (one document per blank-line block) or .jsonl (a "
+                                           "'text' field) instead of --dataset")
+    data_dir: str | None = setting(None, "local data folder (default: $WANDA_DATA_DIR)")
+    cache_dir: str = setting("llm_weights", "hub cache and GGUF conversions")
+    max_train_samples: int = setting(30000, "training blocks (run_clm's meaning)", bounds="positive")
+    block_size: int = setting(1024, "tokens per training block", bounds=">= 2")
+    dtype: str | None = setting(None, "base weights' dtype (default float32 on CPU, bfloat16 on CUDA); the adapter "
+                                      "trains in float32", choices=tuple(sorted(DTYPES)))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI; names follow Wanda's / HF run_clm's flags where they exist."""
+    """The CLI, built from FinetuneRun, LoraSettings and TrainSettings (each flag declared once, with its rule)."""
     p = OneLineParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="folder saved by main.py --save_model (or any lib.models spec)")
-    p.add_argument("--output_dir", required=True, help="where the adapter (adapter_config.json + weights) goes")
-    p.add_argument("--dataset", choices=["c4", "wikitext2"], default="c4",
-                   help="training text: local C4 sample (default, as Wanda) or WikiText-2 train")
-    p.add_argument("--train_file", default=None, help="train on this .txt (one document per blank-line block) "
-                   "or .jsonl (a 'text' field) instead of --dataset")
-    p.add_argument("--data_dir", default=None, help="local data folder (default: $WANDA_DATA_DIR)")
-    p.add_argument("--cache_dir", default="llm_weights")
-    p.add_argument("--max_train_samples", type=int, default=30000, help="training blocks (run_clm's meaning)")
-    p.add_argument("--block_size", type=int, default=1024)
-    p.add_argument("--learning_rate", type=finite_float, default=1e-4)
-    p.add_argument("--num_train_epochs", type=finite_float, default=1.0)
-    p.add_argument("--max_steps", type=int, default=None, help="optimizer steps; overrides --num_train_epochs")
-    p.add_argument("--per_device_train_batch_size", type=int, default=1)
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--logging_steps", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lora_r", type=int, default=8)
-    p.add_argument("--lora_alpha", type=int, default=16)
-    p.add_argument("--lora_dropout", type=finite_float, default=0.05)
-    p.add_argument("--lora_target_modules", default="q_proj,v_proj", help="comma-separated linear names")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="base weights' dtype (default float32 on CPU, bfloat16 on CUDA); the adapter trains in float32")
+    for settings in (FinetuneRun, LoraSettings, TrainSettings):
+        add_settings(p, settings)
     return p
 
 
@@ -109,24 +110,6 @@ def check_target_modules(model_config, lora: LoraSettings) -> None:
                           f"{width}")
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """The integer and float flags that no settings dataclass checks; one line naming the value."""
-    for name in ("max_train_samples", "per_device_train_batch_size", "gradient_accumulation_steps"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"{name} {getattr(args, name)} must be a positive integer")
-    if args.block_size < 2:
-        raise ConfigError(f"block_size {args.block_size} must be at least 2 tokens")
-    if args.logging_steps < 0:
-        raise ConfigError(f"logging_steps {args.logging_steps} must be >= 0 (0 = no loss logging)")
-    if args.seed < 0:
-        raise ConfigError(f"seed {args.seed} must be >= 0")
-    # AdamW steps move each weight by about the learning rate: above 1 the adapter can only diverge.
-    if not 0 < args.learning_rate <= 1:
-        raise ConfigError(f"learning_rate {args.learning_rate} must be in (0, 1] (Wanda uses 1e-4)")
-    if not 0 < args.num_train_epochs <= 1000:
-        raise ConfigError(f"num_train_epochs {args.num_train_epochs} must be in (0, 1000] (Wanda uses 1)")
-
-
 def check_adapter_target(output_dir: str, model: str, cache_dir: str) -> None:
     """--output_dir is replaced as a whole: new, empty or an earlier adapter of this tool, and never in or around
     the model's folder (an adapter_config.json there makes the next load of the model apply the adapter)."""
@@ -136,7 +119,7 @@ def check_adapter_target(output_dir: str, model: str, cache_dir: str) -> None:
     check_model_target("--output_dir", output_dir, {"--model folder": source} if Path(source).is_dir() else {})
 
 
-def load_texts(args: argparse.Namespace, data_dir: Path | None) -> list[str]:
+def load_texts(args: FinetuneRun, data_dir: Path | None) -> list[str]:
     """The training documents named by --train_file or --dataset."""
     from lib.data import load_c4_texts, load_wikitext2_rows
 
@@ -150,20 +133,14 @@ def load_texts(args: argparse.Namespace, data_dir: Path | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     """Train the adapter, save it with a train_log.json, return that log."""
-    args = build_parser().parse_args(argv)
+    parsed = build_parser().parse_args(argv)
+    args, lora, train = (settings_from(cls, parsed) for cls in (FinetuneRun, LoraSettings, TrainSettings))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from lib.data import resolve_data_dir
     from lib.models import load_config, load_model, load_tokenizer, max_sequence_length
     from lib.sparsity import check_sparsity
 
-    lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                        target_modules=tuple(t.strip() for t in args.lora_target_modules.split(",") if t.strip()))
-    train = TrainSettings(learning_rate=args.learning_rate, num_train_epochs=args.num_train_epochs,
-                          max_steps=args.max_steps, batch_size=args.per_device_train_batch_size,
-                          gradient_accumulation_steps=args.gradient_accumulation_steps, seed=args.seed,
-                          logging_steps=args.logging_steps)
     PROGRESS.phase, PROGRESS.written = "check", []
-    check_args(args)
     check_output_dir("--output_dir", args.output_dir)
     check_output_dir("--cache_dir", args.cache_dir)
     check_adapter_target(args.output_dir, args.model, args.cache_dir)
@@ -179,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     texts = load_texts(args, data_dir)
     blocks = texts_to_blocks(texts, load_tokenizer(args.model, args.cache_dir), args.block_size,
                              args.max_train_samples)
-    if args.gradient_accumulation_steps > blocks.shape[0]:
-        raise ConfigError(f"gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
+    if train.gradient_accumulation_steps > blocks.shape[0]:
+        raise ConfigError(f"gradient_accumulation_steps {train.gradient_accumulation_steps} exceeds the "
                           f"{blocks.shape[0]} training blocks; use at most {blocks.shape[0]}")
     PROGRESS.phase = "load"
     model, tokenizer = load_model(args.model, cache_dir=args.cache_dir, dtype=dtype)

@@ -10,34 +10,34 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from lib.checks import NonFiniteError
-from lib.config import ConfigError
+from lib.config import ConfigError, Settings, setting
 from lib.models import input_device
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LoraSettings:
-    """The adapter. Defaults are Wanda's lora_ft (r=8, alpha=16, dropout 0.05 on q_proj and v_proj)."""
+class LoraSettings(Settings):
+    """The adapter. Defaults are Wanda's lora_ft (r=8, alpha=16, dropout 0.05 on q_proj and v_proj); the flags
+    of lora_ft/finetune_lm.py are built from these fields."""
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    group: ClassVar[str] = "LoRA adapter"
+    r: int = setting(8, "adapter rank (at most the narrowest target linear's width)", bounds="positive",
+                     flags=("--lora_r",), note="Wanda uses 8")
+    alpha: int = setting(16, "adapter scale numerator (the update is scaled by alpha / r)", bounds="positive",
+                         flags=("--lora_alpha",), note="Wanda uses 16")
+    dropout: float = setting(0.05, "dropout on the adapter's input", bounds="[0, 1)", flags=("--lora_dropout",))
+    target_modules: tuple[str, ...] = setting(("q_proj", "v_proj"), "names of the linears that get an adapter",
+                                              flags=("--lora_target_modules",))
 
-    def __post_init__(self) -> None:
-        if self.r <= 0:
-            raise ConfigError(f"lora_r {self.r} must be a positive integer (Wanda uses 8)")
-        if self.alpha <= 0:
-            raise ConfigError(f"lora_alpha {self.alpha} must be positive (Wanda uses 16)")
-        if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
-            raise ConfigError(f"lora_dropout {self.dropout} must be in [0, 1)")
+    def check(self) -> None:
         if not self.target_modules:
             raise ConfigError("lora_target_modules is empty; name at least one linear, e.g. q_proj,v_proj")
 
@@ -50,31 +50,22 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """The optimisation. Defaults are Wanda's (lr 1e-4, one epoch, batch 1); max_steps > 0 overrides epochs."""
+class TrainSettings(Settings):
+    """The optimisation. Defaults are Wanda's (lr 1e-4, one epoch, batch 1); max_steps overrides epochs. The
+    flags of lora_ft/finetune_lm.py are built from these fields."""
 
-    learning_rate: float = 1e-4
-    num_train_epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    weight_decay: float = 0.0
-    seed: int = 0
-    logging_steps: int = 10
-
-    def __post_init__(self) -> None:
-        for name in ("learning_rate", "num_train_epochs", "weight_decay"):
-            if not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{name} {getattr(self, name)} must be a finite number")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate {self.learning_rate} must be positive")
-        if self.max_steps is None and not self.num_train_epochs > 0:
-            raise ConfigError(f"num_train_epochs {self.num_train_epochs} must be positive (or set max_steps)")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ConfigError(f"max_steps {self.max_steps} must be a positive integer, or omitted to use epochs")
-        if self.batch_size <= 0 or self.gradient_accumulation_steps <= 0:
-            raise ConfigError(f"batch_size {self.batch_size} and gradient_accumulation_steps "
-                             f"{self.gradient_accumulation_steps} must be positive integers")
+    group: ClassVar[str] = "training"
+    # AdamW steps move each weight by about the learning rate: above 1 the adapter can only diverge.
+    learning_rate: float = setting(1e-4, "AdamW learning rate", bounds="(0, 1]", note="Wanda uses 1e-4")
+    num_train_epochs: float = setting(1.0, "passes over the training blocks", bounds="(0, 1000]",
+                                      note="Wanda uses 1")
+    max_steps: int | None = setting(None, "optimizer steps; overrides --num_train_epochs", bounds="positive")
+    batch_size: int = setting(1, "training blocks per forward", bounds="positive",
+                              flags=("--per_device_train_batch_size",))
+    gradient_accumulation_steps: int = setting(1, "forwards per optimizer step", bounds="positive")
+    weight_decay: float = setting(0.0, "AdamW weight decay", bounds="[0, 1]")
+    seed: int = setting(0, "adapter initialisation and data order seed", bounds=">= 0")
+    logging_steps: int = setting(10, "log the loss every N optimizer steps", bounds=">= 0", note="0 = no loss logging")
 
     def total_steps(self, nblocks: int) -> int:
         """Optimizer steps: max_steps, else ceil(epochs * blocks per epoch / (batch * accumulation))."""

@@ -112,10 +112,11 @@ def load_runs(paths: list[Path]) -> list[dict]:
 
 
 def config_defaults() -> dict | None:
-    """PruneConfig's field defaults (from lib/config.py), or None when it cannot be imported."""
+    """Every pruning setting's default (PruneConfig's and its sections'), or None when lib cannot be imported."""
     try:
-        from lib.config import PruneConfig
-        return {f.name: f.default for f in dataclasses.fields(PruneConfig) if f.default is not dataclasses.MISSING}
+        from lib.config import PruneConfig, all_fields
+        # Every setting's default, the methods' and add-ons' sections too (importing lib registers them).
+        return {f.name: f.default for f, _ in all_fields(PruneConfig) if f.default is not dataclasses.MISSING}
     except Exception as error:  # the report must still work where the package is not installed
         warnings.warn(f"cannot read defaults from lib/config.py ({error}); labelling every hyperparameter "
                       "that varies across the runs instead")

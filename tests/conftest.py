@@ -88,10 +88,8 @@ def calib_ids():
     return torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    """A folder laid out like ../shared/data with fabricated WikiText-2 and C4 files."""
-    root = tmp_path / "data"
+def write_fake_data(root: Path) -> Path:
+    """Fabricated WikiText-2 and C4 files in root, laid out like ../shared/data -> root."""
     wiki = root / "wikitext-2-raw"
     wiki.mkdir(parents=True)
     for split, seed in (("test", 1), ("valid", 2), ("train", 3)):
@@ -102,6 +100,12 @@ def data_dir(tmp_path: Path) -> Path:
         for i in range(30):
             handle.write(json.dumps({"text": fabricate_text(20 + 10 * i, 1000 + i), "url": f"u{i}"}) + "\n")
     return root
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A folder laid out like ../shared/data with fabricated WikiText-2 and C4 files."""
+    return write_fake_data(tmp_path / "data")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch
 
 from lib import PruneConfig, prune_model
 from lib.config import ConfigError
-from lib.methods.wanda import WrappedGPT
+from lib.collectors import InputSquares
 from lib.methods import METHODS
 from lib.methods.wanda import magnitude_score, wanda_score
 from lib.models import find_decoder_layers, find_linears
@@ -50,9 +50,9 @@ def test_nm_needs_width_multiple_of_m():
 def test_wrapped_gpt_is_batch_split_invariant():
     x = torch.randn(3, 50, 16, generator=torch.Generator().manual_seed(1)) * 3
     config = PruneConfig()
-    one = WrappedGPT(16, config)
+    one = InputSquares(16, config)
     one.add_batch(x)
-    split = WrappedGPT(16, config)
+    split = InputSquares(16, config)
     split.add_batch(x[:1])
     split.add_batch(x[1:])
     exact = x.reshape(-1, 16).double().pow(2).sum(0) / 3

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from lib.config import ConfigError, PruneConfig
-from lib.methods.wanda import WrappedGPT
+from lib.collectors import InputSquares
 from lib.methods import METHODS, find_method
 from lib.methods.wanda import wanda_score
 from lib.models import find_decoder_layers, find_linears
-from lib.methods.neuronrank import NeuronRankCollector, neuronrank_score, top_token_classes
+from lib.methods.neuronrank import InputClassMoments, neuronrank_score, top_token_classes
 from lib.structured import find_mlp, prune_neurons, score_channel_importance
 from lib.prune import prune_model
 from lib.sparsity import check_sparsity, make_mask
@@ -39,8 +39,8 @@ def calib_ids(nsamples: int = 4, seqlen: int = 16) -> torch.Tensor:
 
 
 def collect(x: torch.Tensor, ids: torch.Tensor, class_ids: torch.Tensor, batches: list[slice]) -> dict:
-    """Feed x [samples, seq, in] and ids [samples, seq] to a NeuronRankCollector in the given sequence batches."""
-    collector = NeuronRankCollector(x.shape[-1], PruneConfig(prune_method="neuronrank"), class_ids=class_ids)
+    """Feed x [samples, seq, in] and ids [samples, seq] to a InputClassMoments in the given sequence batches."""
+    collector = InputClassMoments(x.shape[-1], PruneConfig(prune_method="neuronrank"), class_ids=class_ids)
     for batch in batches:
         collector.add_batch(x[batch], ids[batch])
     return collector.finalize()
@@ -110,7 +110,7 @@ def test_streaming_in_uneven_batches_equals_exact():
         torch.testing.assert_close(uneven[name].double(), expected, rtol=1e-5, atol=1e-6, msg=name)
         # Batches are summed in float32 before the float64 totals: a split moves results by float32 round-off.
         torch.testing.assert_close(uneven[name], one_shot[name], rtol=1e-5, atol=1e-6, msg=name)
-    wanda = WrappedGPT(6, PruneConfig())
+    wanda = InputSquares(6, PruneConfig())
     wanda.add_batch(x)
     torch.testing.assert_close(uneven["scaler_row"], wanda.finalize()["scaler_row"])
 
@@ -277,7 +277,7 @@ def test_shrink_does_not_touch_the_model_it_was_copied_from():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(prune_method="neuronrank_fisher", neuronrank_max_classes=0), "--neuronrank-max-classes 0 gives fewer than 2"),
+    (dict(prune_method="neuronrank_fisher", neuronrank_max_classes=0), "--neuronrank_max_classes 0 gives fewer than 2"),
     (dict(prune_method="neuronrank", nr_granularity="neuron", sparsity_type="2:4"), "sparsity_type 2:4"),
     (dict(prune_method="neuronrank", nr_granularity="neuron", use_variant=True), "drop --use_variant"),
     (dict(prune_method="magnitude", nr_granularity="neuron"), "not 'magnitude'"),

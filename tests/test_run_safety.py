@@ -397,14 +397,14 @@ def test_an_all_zero_checkpoint_stops_with_one_line(tmp_path, data_dir, capsys):
     make_tokenizer().save_pretrained(tmp_path / "zero")
     code, err = run_main(["--model", tmp_path / "zero", "--data_dir", data_dir, *QUICK, "--save", tmp_path / "o"],
                          capsys)
-    assert code == 2 and len(err) == 1 and "every decoder linear weight of the model is zero" in err[0]
+    assert code == 3 and len(err) == 1 and "every decoder linear weight of the model is zero" in err[0]
     assert not (tmp_path / "o").exists()
 
 
 def test_a_dense_perplexity_far_above_the_vocabulary_stops(tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(main, "eval_ppl", lambda *a, **k: 1000.0)  # vocabulary 128: a uniform guess scores 128
     code, err = run_main(["--model", tiny_model_dir("llama"), "--data_dir", data_dir, *QUICK], capsys)
-    assert code == 2 and len(err) == 1
+    assert code == 3 and len(err) == 1
     assert "dense perplexity 1000.0 is more than 2x the vocabulary size 128" in err[0]
 
 
@@ -414,7 +414,7 @@ def test_neuronrank_statistics_do_not_depend_on_the_calibration_batch():
     """Tokens of one class with nearly the same large activation (layer 0: same token, same embedding): the
     within-class variance is ~1e-10 of x^2, which running sums of x and x^2 lose to float32 rounding differently
     for each batching. Oracle: the exact float64 computation on all tokens."""
-    from lib.methods.neuronrank import NeuronRankCollector
+    from lib.methods.neuronrank import InputClassMoments
 
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 4, (8, 16), generator=gen)
@@ -423,7 +423,7 @@ def test_neuronrank_statistics_do_not_depend_on_the_calibration_batch():
     config = PruneConfig(prune_method="neuronrank_fisher", neuronrank_max_classes=4)
     found = []
     for batch in (1, 3, 8):
-        collector = NeuronRankCollector(32, config, torch.arange(4))
+        collector = InputClassMoments(32, config, torch.arange(4))
         for start in range(0, 8, batch):
             collector.add_batch(x[start:start + batch], ids[start:start + batch])
         found.append(collector.finalize())
@@ -474,7 +474,7 @@ def test_every_statistic_is_bitwise_the_same_for_any_calibration_batch(method):
     context = METHODS[method].prepare(ids, config) if METHODS[method].prepare else {}
     found = []
     for batch in (1, 3, 8):
-        with CalibrationHooks({"fc": linear}, METHODS[method], config, context) as hooks:
+        with CalibrationHooks({"fc": linear}, METHODS[method].collectors, config, context) as hooks:
             for start in range(0, 8, batch):
                 hooks.next_batch(ids[start:start + batch])
                 linear(x[start:start + batch])
@@ -523,6 +523,6 @@ def test_a_zero_shot_task_that_cannot_load_fails_the_run_after_saving(tiny_model
     code, err = run_main(["--model", tiny_model_dir("llama"), "--data_dir", data_dir, *QUICK, "--no_dense_eval",
                           "--eval_zero_shot", "--tasks", "broken,tinyqa", "--zs_limit", "2", "--save",
                           tmp_path / "out"], capsys)
-    assert code == 2 and len(err) == 1 and "1 task(s) not evaluated, first 'broken'" in err[0], err
+    assert code == 3 and len(err) == 1 and "1 task(s) not evaluated, first 'broken'" in err[0], err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert "skipped" in results["zero_shot"]["broken"] and results["zero_shot"]["tinyqa"]["n"] == 2

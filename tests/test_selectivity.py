@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lib.config import ConfigError, PruneConfig
-from lib.methods.selectivity import N_BINS, Scratch, WrappedGPTSelectivity, bin_edges
+from lib.methods.selectivity import N_BINS, Scratch, InputAbsHistogram, bin_edges
 from lib.methods import METHODS
 from lib.methods.wanda import wanda_score
 from lib.prune import prune_model
@@ -60,8 +60,8 @@ def exact(x: torch.Tensor, config: PruneConfig) -> dict[str, torch.Tensor]:
 
 
 def collect(x: torch.Tensor, config: PruneConfig, batches: list[int] | None = None) -> dict[str, torch.Tensor]:
-    """Feed x [tokens, in] to a WrappedGPTSelectivity, one [1, n, in] sequence per entry of `batches`."""
-    collector = WrappedGPTSelectivity(x.shape[1], config)
+    """Feed x [tokens, in] to a InputAbsHistogram, one [1, n, in] sequence per entry of `batches`."""
+    collector = InputAbsHistogram(x.shape[1], config)
     for chunk in x.split(batches or [x.shape[0]]):
         collector.add_batch(chunk.unsqueeze(0))
     return with_factors(collector.finalize(), config)
@@ -109,10 +109,10 @@ def test_zero_heavy_layer_puts_tau_at_zero_and_counts_every_nonzero_as_active():
 def test_result_does_not_depend_on_batching():
     x, config = heavy_tailed(tokens=1200, channels=40, seed=2), PruneConfig(prune_method="wanda_select")
     one = collect(x, config)
-    collector = WrappedGPTSelectivity(x.shape[1], config)
+    collector = InputAbsHistogram(x.shape[1], config)
     collector.add_batch(x[:1].unsqueeze(0))  # one token
     collector.add_batch(x[1:500].reshape(1, 499, -1))  # 3-D [1, seq, in]
-    collector.add_batch(x[500:1200])  # 2-D [tokens, in]: counts as one sequence, like WrappedGPT
+    collector.add_batch(x[500:1200])  # 2-D [tokens, in]: counts as one sequence, like InputSquares
     uneven = with_factors(collector.finalize(), config)
     for name in ("tau", "active_rate", "mean_abs", "top_mean", "idf", "spikiness"):
         torch.testing.assert_close(uneven[name], one[name], rtol=1e-5, atol=1e-7, msg=name)
@@ -124,7 +124,7 @@ def test_collectors_sharing_one_scratch_buffer_equal_collectors_without():
     config = PruneConfig(prune_method="wanda_select")
     xs = [heavy_tailed(tokens=600, channels=c, seed=c) for c in (40, 32, 48)]
     scratch = Scratch()
-    shared = [WrappedGPTSelectivity(x.shape[1], config, scratch=scratch) for x in xs]
+    shared = [InputAbsHistogram(x.shape[1], config, scratch=scratch) for x in xs]
     for chunk in range(0, 600, 200):
         for collector, x in zip(shared, xs):
             collector.add_batch(x[chunk:chunk + 200].unsqueeze(0))
@@ -139,7 +139,7 @@ def test_collectors_sharing_one_scratch_buffer_equal_collectors_without():
 
 def test_memory_does_not_grow_with_tokens():
     config = PruneConfig(prune_method="wanda_idf")
-    collector = WrappedGPTSelectivity(24, config)
+    collector = InputAbsHistogram(24, config)
     for _ in range(5):
         collector.add_batch(torch.randn(1, 256, 24))
     state = [t for t in vars(collector).values() if isinstance(t, torch.Tensor)]
@@ -157,7 +157,7 @@ def test_bins_are_contiguous_and_cover_every_float():
     # Every bin index the bit trick produces holds values inside the bin's edges.
     values = torch.cat([torch.tensor([0.0, 1e-30, 2.0**-16, 0.5, 1.0, 2.0**14, 3e38]),
                         torch.logspace(-6, 5, 997)]).float()
-    collector = WrappedGPTSelectivity(1, PruneConfig(prune_method="wanda_idf"))
+    collector = InputAbsHistogram(1, PruneConfig(prune_method="wanda_idf"))
     for v in values:
         collector.add_batch(v.reshape(1, 1))
         k = int(collector.counts.nonzero().squeeze())

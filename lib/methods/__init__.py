@@ -4,8 +4,6 @@
 import importlib
 import pkgutil
 
-# The add-ons register their combination checks, which find_method runs (in this order).
-from lib import layer_ratios, refine, permute  # noqa: F401,I001
 from lib.registry import METHODS, Method, find_method, register
 
 for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):

@@ -12,8 +12,9 @@ from functools import partial
 import torch
 
 from lib.config import PruneConfig
-from lib.methods.sparsegpt import HessianCollector, check_blocksize, sparsegpt_reconstruct
-from lib.methods.wanda import WrappedGPT, magnitude_score, wanda_score
+from lib.collectors import InputHessian, InputSquares
+from lib.methods.sparsegpt import check_blocksize, sparsegpt_reconstruct
+from lib.methods.wanda import magnitude_score, wanda_score
 from lib.registry import Method, register
 from lib.sparsity import make_mask
 
@@ -41,7 +42,7 @@ def _ablate(W: torch.Tensor, stats: dict, config: PruneConfig, use_wanda: bool, 
 
 for _name, _wanda, _iter in [("ablate_mag_seq", False, False), ("ablate_wanda_seq", True, False),
                              ("ablate_mag_iter", False, True), ("ablate_wanda_iter", True, True)]:
-    register(Method(_name, (HessianCollector, WrappedGPT) if _wanda else (HessianCollector,),
+    register(Method(_name, (InputHessian, InputSquares) if _wanda else (InputHessian,),
                     update=partial(_ablate, use_wanda=_wanda, iterative=_iter), check=check_blocksize,
                     help=f"SparseGPT reconstruction, {'wanda' if _wanda else 'magnitude'} mask "
                          f"{'re-chosen per block' if _iter else 'fixed'}"))

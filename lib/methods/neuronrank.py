@@ -16,13 +16,14 @@ Methods: `neuronrank` (f_j = var_j + B_j) and `neuronrank_fisher` (f_j = J_j), a
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
 from lib.collectors import Collector, samples_and_rows
-from lib.config import ConfigError, PruneConfig
+from lib.config import MAX_EXPONENT, ConfigError, PruneConfig, Settings, register_settings, setting
 from lib.registry import Method, register
 from lib.structured import neuron_pruner
 
@@ -32,6 +33,25 @@ logger = logging.getLogger(__name__)
 # activation scale (fp16 vs fp32 models, outlier layers); the absolute floor keeps an all-zero input at J = 0.
 FISHER_EPS_REL = 1e-6
 FISHER_EPS_ABS = 1e-30
+
+
+@register_settings
+@dataclass(frozen=True)
+class NeuronRankSettings(Settings):
+    """NeuronRank's settings, read by neuronrank and neuronrank_fisher."""
+
+    group: ClassVar[str] = "NeuronRank (neuronrank, neuronrank_fisher)"
+    neuronrank_max_classes: int = setting(512, "K most frequent calibration token ids used as classes: 0 (no "
+                                               "classes: neuronrank's factor is the variance alone) or >= 2 (one "
+                                               "class has no between-class variance)", bounds=">= 0",
+                                          flags=("--neuronrank_max_classes", "--neuronrank-max-classes"))
+    nr_exp: float = setting(1.0, "exponent gamma on the channel factor", bounds=f"[0, {MAX_EXPONENT}]",
+                            note="0 gives plain Wanda scores")
+
+    def check(self) -> None:
+        if self.neuronrank_max_classes == 1:
+            # One class makes every between-class variance and Fisher ratio 0: the scores degenerate silently.
+            raise ConfigError(f"neuronrank_max_classes {self.neuronrank_max_classes} must be 0 (no classes) or >= 2")
 
 
 def top_token_classes(calib_ids: torch.Tensor, max_classes: int) -> torch.Tensor:
@@ -82,7 +102,7 @@ def batch_moments(rows: torch.Tensor, groups: torch.Tensor | None = None, ngroup
     return count, sums, torch.zeros_like(sums).index_add_(0, groups, deviation.pow(2))
 
 
-class NeuronRankCollector(Collector):
+class InputClassMoments(Collector):
     """Per input channel: token moments, per-sequence mean moments, per-class moments (count, sum, M2; float64,
     of x minus the first batch's mean, merged pairwise by merge_moments, so --calib_batch_size changes them only
     by float32 rounding of values near the mean), divided in finalize.
@@ -137,7 +157,7 @@ class NeuronRankCollector(Collector):
     def finalize(self) -> dict[str, torch.Tensor]:
         """scaler_row, nr_mean, nr_var, nr_sample_mean_var, nr_between, nr_within, nr_fisher [in]; nr_class_tokens []."""
         if self.sums is None:
-            raise RuntimeError("NeuronRankCollector.finalize() before any add_batch()")
+            raise RuntimeError("InputClassMoments.finalize() before any add_batch()")
         token, sample, cls = self.sums["token"], self.sums["sample"], self.sums["class"]
         ntokens = token["count"].clamp_min(1)
         mean, var = self.sums["shift"]["x"].double() + token["sum"] / ntokens, token["m2"] / ntokens
@@ -186,10 +206,8 @@ def check_neuronrank(config: PruneConfig, needs_classes: bool) -> None:
     """Settings NeuronRank cannot honour, one line each."""
     if needs_classes and config.neuronrank_max_classes < 2:
         raise ConfigError(f"{config.prune_method} ranks channels by how token classes differ, but "
-                          f"--neuronrank-max-classes {config.neuronrank_max_classes} gives fewer than 2 classes (the "
+                          f"--neuronrank_max_classes {config.neuronrank_max_classes} gives fewer than 2 classes (the "
                           "Fisher ratio is then 0 for every channel); set it >= 2 (default 512)")
-    if not config.nr_exp >= 0:
-        raise ConfigError(f"nr_exp {config.nr_exp} must be >= 0 (0 gives plain Wanda scores)")
 
 
 def summarize_neuronrank(stats: dict, config: PruneConfig) -> dict:
@@ -205,6 +223,6 @@ for _name, _factor, _needs_classes, _what in [
         ("neuronrank", variance_factor, False, "activation variance + class-mean variance"),
         ("neuronrank_fisher", fisher_factor, True, "Fisher ratio between/within token classes")]:
     _score = partial(neuronrank_score, factor=_factor)
-    register(Method(_name, (NeuronRankCollector,), score=_score, **neuron_pruner(_score), prepare=prepare_classes,
+    register(Method(_name, (InputClassMoments,), score=_score, **neuron_pruner(_score), prepare=prepare_classes,
                     supports_variant=True, check=partial(check_neuronrank, needs_classes=_needs_classes),
                     summarize=summarize_neuronrank, help=f"Wanda x ({_what}); --nr_granularity weight or neuron"))

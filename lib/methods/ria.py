@@ -4,16 +4,31 @@ S_ij = (|W_ij| / sum_k |W_kj| + |W_ij| / sum_k |W_ik|) * ||X_j||_2 ** a  (a = ri
 of its input channel's column plus its share of its output row, times the activation norm. Compared over the
 whole layer (--ria_group layer, upstream's default) or per output row (upstream's --per_outneuron). The
 selectivity variants multiply S by the selectivity factors of lib/methods/selectivity.py. Channel permutation
-for N:M (upstream's --reallocation) is --permute, for any score (lib/permute.py).
+for N:M (upstream's --reallocation) is --permute, for any score (lib/addons/permute.py).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
-from lib.config import PruneConfig
+from lib.config import MAX_EXPONENT, PruneConfig, Settings, register_settings, setting
 from lib.methods.selectivity import register_selective
-from lib.methods.wanda import WrappedGPT
+from lib.collectors import InputSquares
 from lib.registry import Method, register
+
+
+@register_settings
+@dataclass(frozen=True)
+class RIASettings(Settings):
+    """RIA's settings, read by ria and ria_idf / ria_spiky / ria_select."""
+
+    group: ClassVar[str] = "RIA (ria, ria_*)"
+    ria_alpha: float = setting(0.5, "exponent a on ||X_j||_2", bounds=f"[0, {MAX_EXPONENT}]",
+                               note="RIA's default is 0.5")
+    ria_group: str = setting("layer", "compare scores over the whole layer (upstream default) or per output row "
+                                      "(upstream --per_outneuron)", choices=("layer", "row"))
 
 
 def relative_importance(W: torch.Tensor) -> torch.Tensor:
@@ -36,6 +51,6 @@ def ria_group(config: PruneConfig) -> str:
     return config.ria_group
 
 
-register(Method("ria", (WrappedGPT,), score=ria_score, group=ria_group,
+register(Method("ria", (InputSquares,), score=ria_score, group=ria_group,
                 help="(|W|/column sum + |W|/row sum) * ||X||^a, compared per layer (--ria_group)"))
 register_selective("ria", ria_score, "RIA", lambda weighted: {"group": ria_group})

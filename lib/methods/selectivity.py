@@ -2,7 +2,7 @@
 
 S_ij = |W_ij| * ||X_j||_2 * IDF_j ** sel_idf_exp * R_j ** sel_spiky_exp, with IDF (how rarely input channel j is
 active, borrowed from text retrieval) and R (how much larger its top activations are than its mean) from the
-same single calibration pass as Wanda's norm (`WrappedGPTSelectivity`). Exponent 0 gives Wanda exactly.
+same single calibration pass as Wanda's norm (`InputAbsHistogram`). Exponent 0 gives Wanda exactly.
 
 The factor functions take any stats dict holding active_rate / top_mean / mean_abs of shape [in] and return
 [in], so they apply at other granularities (e.g. neurons) unchanged.
@@ -10,15 +10,39 @@ The factor functions take any stats dict holding active_rate / top_mean / mean_a
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 
 from lib.collectors import samples_and_rows
-from lib.config import PruneConfig
-from lib.methods.wanda import WrappedGPT, wanda_score
+from lib.config import EXPONENT, ConfigError, PruneConfig, Settings, register_settings, setting
+from lib.collectors import InputSquares
+from lib.methods.wanda import wanda_score
 from lib.registry import Method, Score, register
 from lib.structured import neuron_pruner
+
+
+@register_settings
+@dataclass(frozen=True)
+class SelectivitySettings(Settings):
+    """The selectivity factors' settings, read by wanda_idf/spiky/select and ria_idf/spiky/select."""
+
+    group: ClassVar[str] = "selectivity (*_idf, *_spiky, *_select)"
+    sel_tau_percentile: float = setting(0.6, "layer-wide quantile of |x| above which a channel counts as active "
+                                             "(IDF)", bounds="(0, 1)")
+    sel_top_quantile: float = setting(0.9, "quantile whose upper tail gives mu_top (spikiness R)", bounds="(0, 1)")
+    sel_idf_clip_max: float = setting(10.0, "upper clip of IDF", bounds="> 0")
+    sel_idf_clip_min: float = setting(0.0, "lower clip of IDF (default 0, the published formula; > 0 keeps "
+                                           "always-on channels); at most sel_idf_clip_max", bounds=">= 0")
+    sel_spiky_clip_max: float = setting(10.0, "upper clip of the spikiness ratio R", bounds="> 0")
+    sel_idf_exp: float = setting(1.0, "exponent on IDF (0 turns it off)", bounds=EXPONENT)
+    sel_spiky_exp: float = setting(1.0, "exponent on R (0 turns it off)", bounds=EXPONENT)
+
+    def check(self) -> None:
+        if self.sel_idf_clip_min > self.sel_idf_clip_max:
+            raise ConfigError(f"sel_idf_clip_min {self.sel_idf_clip_min} must be in [0, sel_idf_clip_max "
+                              f"{self.sel_idf_clip_max}]")
 
 
 def inverse_document_frequency(active_rate: torch.Tensor, clip_max: float, clip_min: float = 0.0) -> torch.Tensor:
@@ -94,7 +118,7 @@ class Scratch:
         return self.buffer[:numel].view(shape)
 
 
-class WrappedGPTSelectivity(WrappedGPT):
+class InputAbsHistogram(InputSquares):
     """Wanda's scaler_row plus the selectivity statistics of SELECTIVITY.md, from per-channel histograms of |x|.
 
     State per input channel: N_BINS exact counts, and the exact Σ|x|, Σx² and max|x|: 485 numbers, whatever
@@ -139,11 +163,21 @@ class WrappedGPTSelectivity(WrappedGPT):
     def finalize(self) -> dict[str, torch.Tensor]:
         stats = super().finalize()
         if self.counts is None or self.ntokens == 0:
-            raise RuntimeError("WrappedGPTSelectivity.finalize() before any add_batch()")
+            raise RuntimeError("InputAbsHistogram.finalize() before any add_batch()")
         stats.update(selectivity_from_histogram(self.counts.view(self.in_features, N_BINS), self.sum_abs,
                                                 self.max_abs, self.ntokens, self.config.sel_tau_percentile,
                                                 self.config.sel_top_quantile))
         return stats
+
+
+def _layer_quantile_bin(counts: torch.Tensor, position: float) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """tau's bin: the bin of the layer-wide histogram (summed over channels) holding 0-based position `position`
+    -> (bin, layer counts [bins] float64, their cumulative sums [bins])."""
+    layer_counts = counts.sum(dim=0, dtype=torch.float64)
+    cumulative = layer_counts.cumsum(0)
+    b = int(torch.searchsorted(cumulative, torch.tensor([position], dtype=torch.float64, device=counts.device),
+                               right=True).clamp(max=counts.shape[1] - 1))
+    return b, layer_counts, cumulative
 
 
 def selectivity_from_histogram(counts: torch.Tensor, sum_abs: torch.Tensor, max_abs: torch.Tensor, ntokens: int,
@@ -157,7 +191,7 @@ def selectivity_from_histogram(counts: torch.Tensor, sum_abs: torch.Tensor, max_
     device = counts.device
     max_abs = max_abs.double().to(device)
     lo, hi = (edge.to(device) for edge in bin_edges())
-    channels, bins = counts.shape
+    channels = counts.shape[0]
     rows = torch.arange(channels, device=device)
     below_or_at = counts.cumsum(1)  # int64 [in, bins]: tokens in bins <= b, exact
 
@@ -166,12 +200,8 @@ def selectivity_from_histogram(counts: torch.Tensor, sum_abs: torch.Tensor, max_
         top = torch.minimum(hi[b], max_abs)
         return torch.minimum(lo[b], top), top
 
-    # tau: the layer-wide quantile of every |x_tj|, from the histogram summed over channels.
-    layer_counts = counts.sum(dim=0, dtype=torch.float64)
-    cumulative = layer_counts.cumsum(0)
     position = tau_percentile * (ntokens * channels - 1)
-    b = int(torch.searchsorted(cumulative, torch.tensor([position], dtype=torch.float64, device=device),
-                               right=True).clamp(max=bins - 1))
+    b, layer_counts, cumulative = _layer_quantile_bin(counts, position)
     # Active rate p_j = fraction of tokens with |x| > tau: whole bins above tau's bin, plus the share of that bin
     # above tau (none when tau is the point mass at 0).
     active = (ntokens - below_or_at[:, b]).double()
@@ -241,10 +271,10 @@ def times_factor(score: Score, factor: Callable[[dict, PruneConfig], torch.Tenso
 def register_selective(base: str, score: Score, describe: str,
                        fields: Callable[[Score], dict] = lambda weighted: {}) -> None:
     """Register {base}_idf, {base}_spiky, {base}_select: `score` times each factor of FACTORS, statistics from one
-    WrappedGPTSelectivity pass; fields(weighted score) gives extra Method fields (e.g. neuron granularity)."""
+    InputAbsHistogram pass; fields(weighted score) gives extra Method fields (e.g. neuron granularity)."""
     for suffix, (factor, what) in FACTORS.items():
         weighted = times_factor(score, factor)
-        register(Method(f"{base}_{suffix}", (WrappedGPTSelectivity,), score=weighted, summarize=summarize,
+        register(Method(f"{base}_{suffix}", (InputAbsHistogram,), score=weighted, summarize=summarize,
                         prepare=lambda calib_ids, config: {"scratch": Scratch()}, help=f"{describe} * {what}",
                         **fields(weighted)))
 

@@ -7,40 +7,40 @@ as updated so far. Counts are exact: floor(ratio * block size) per block, N per 
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 
-from lib.collectors import Collector, samples_and_rows
-from lib.config import ConfigError, PruneConfig
+from lib.collectors import InputHessian
+from lib.config import ConfigError, PruneConfig, Settings, register_settings, setting
+from lib.errors import RunError
 from lib.registry import Method, register
 from lib.sparsity import make_mask
 
 
 
-class HessianCollector(Collector):
-    """SparseGPT's layer Hessian H [in, in] = 2 X X^T / (number of calibration sequences)."""
+@register_settings
+@dataclass(frozen=True)
+class SparseGPTSettings(Settings):
+    """SparseGPT's reconstruction settings, read by sparsegpt and the ablate_* methods."""
 
-    def __init__(self, in_features: int, config: PruneConfig) -> None:
-        super().__init__(in_features, config)
-        # Allocated by the first batch on the activations' device: linears that alias another's input (k, v,
-        # up) never get one, and a layer on the GPU keeps its Hessian there.
-        self.xxt: torch.Tensor | None = None
-        self.nsamples = 0
+    group: ClassVar[str] = "SparseGPT reconstruction (sparsegpt, ablate_*)"
+    blocksize: int = setting(128, "columns per lazy update block (N:M: a multiple of M; at most the widest "
+                                  "linear)", bounds="positive")
+    # 0 leaves a rank-deficient Hessian without dampening (Cholesky fails); above 1 the damping outweighs the data
+    # and SparseGPT degenerates to magnitude pruning.
+    percdamp: float = setting(0.01, "dampening, as a fraction of the mean of diag(H)", bounds="(0, 1]",
+                              note="SparseGPT's default is 0.01")
 
-    def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
-        samples, rows = samples_and_rows(x)
-        if self.xxt is None:
-            self.xxt = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=rows.device)
-        self.xxt.addmm_(rows.t(), rows)
-        self.nsamples += samples
-
-    def finalize(self) -> dict[str, torch.Tensor]:
-        """{'hessian': H [in, in]}, scaled in place: the collector is done with its sums."""
-        if self.xxt is None:
-            raise RuntimeError("HessianCollector.finalize() before any add_batch()")
-        hessian, self.xxt = self.xxt, None
-        return {"hessian": hessian.mul_(2.0 / max(self.nsamples, 1))}
+    def check_layer(self, linears: dict) -> None:
+        """--blocksize no wider than the widest linear (or the default): a larger value is a typo, and values in
+        the millions allocate [out, blocksize] buffers. The default stays valid on models narrower than it."""
+        name, widest = max(((n, lin.in_features) for n, lin in linears.items()), key=lambda x: x[1])
+        limit = max(widest, type(self).__dataclass_fields__["blocksize"].default)
+        if self.blocksize > limit:
+            raise ConfigError(f"blocksize {self.blocksize} exceeds the widest linear ('{name}', {widest} input "
+                              f"columns); use --blocksize <= {limit}")
 
 
 # (W columns [out, c], diag of H^-1 for them [c], first column index) -> scores [out, c], low = pruned.
@@ -65,7 +65,11 @@ def inverse_hessian_factor(stats: dict, percdamp: float) -> tuple[torch.Tensor, 
         H[dead, dead] = 1
         damp = percdamp * torch.mean(torch.diag(H))
         H.diagonal().add_(damp)
-        lower = torch.linalg.cholesky(H)
+        try:
+            lower = torch.linalg.cholesky(H)
+        except torch.linalg.LinAlgError as err:
+            raise RunError(f"SparseGPT: a layer's Hessian is not positive definite even with percdamp {percdamp} "
+                           f"({str(err).splitlines()[0][:80]}); raise --percdamp or --nsamples") from err
         del H
         inverse = torch.cholesky_inverse(lower)
         del lower
@@ -127,5 +131,6 @@ def check_blocksize(config: PruneConfig) -> None:
         raise ConfigError(f"blocksize {config.blocksize} must be a multiple of M={config.prune_m} "
                           f"for {config.sparsity_type}")
 
-register(Method("sparsegpt", (HessianCollector,), update=sparsegpt_update, check=check_blocksize,
+register(Method("sparsegpt", (InputHessian,), update=sparsegpt_update, check=check_blocksize,
+
                 help="OBS reconstruction, mask chosen per 128-column block"))

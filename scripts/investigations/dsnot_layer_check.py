@@ -7,8 +7,8 @@ Walks smollm2-135m as the experiment protocol's `--refine dsnot` run does (C4 ca
 --seqlen 256, seed 0; layers before --layer pruned with wanda + DSnoT at the defaults, so the chosen layer sees
 the inputs the real run gives it) and, on that layer, keeps every linear's calibration inputs X [tokens, in].
 Per linear it prints:
-  1. whether lib.refine.dsnot's mask (our statistics, our defaults) equals the published loop's
-     (tests/test_beyond_wanda.py's transcription of zyxxmu/DSnoT prune_DSnoT, fed upstream's WrappedGPT statistics
+  1. whether lib.addons.dsnot.dsnot's mask (our statistics, our defaults) equals the published loop's
+     (tests/test_dsnot.py's transcription of zyxxmu/DSnoT prune_DSnoT, fed upstream's WrappedGPT statistics
      computed on the same X), and the number of weights where they differ;
   2. the relative reconstruction error ||W X - (M*W) X||_F / ||W X||_F (all rows; DSnoT's paper objective),
      its share that is the mean over tokens (the only part DSnoT's e_i = sum_t (W - M*W) x_t measures), the
@@ -31,13 +31,14 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from lib.config import PruneConfig  # noqa: E402
 from lib.data import calibration_windows, load_calibration_texts, resolve_data_dir  # noqa: E402
-from lib.methods import find_method  # noqa: E402
-from lib.methods.wanda import WrappedGPT, wanda_score  # noqa: E402
+from lib.addons.dsnot import InputMeanVariance, dsnot, skipped  # noqa: E402
+from lib.collectors import InputSquares  # noqa: E402
+from lib.methods.wanda import wanda_score  # noqa: E402
 from lib.models import find_decoder_layers, find_linears, load_model  # noqa: E402
+from lib.plugins import find_method, selected_addons  # noqa: E402
 from lib.prune import calib_batch_size, calibrate, compress, layer_walk  # noqa: E402
-from lib.refine import DSnoTCollector, dsnot, skipped  # noqa: E402
 from lib.sparsity import make_mask  # noqa: E402
-from test_beyond_wanda import upstream_dsnot, upstream_stats  # noqa: E402
+from test_dsnot import upstream_dsnot, upstream_stats  # noqa: E402
 
 
 @torch.no_grad()
@@ -82,13 +83,13 @@ def main() -> None:
     torch.manual_seed(0)
     config = PruneConfig(prune_method="wanda", sparsity_type=args.sparsity_type, nsamples=args.nsamples,
                          seed=args.seed, refine="dsnot")
-    method = find_method(config)
+    method, addons = find_method(config), selected_addons(config)
     model, tokenizer = load_model(args.model, dtype=torch.float32, device="cpu")
     calib_ids = calibration_windows("c4", load_calibration_texts("c4", resolve_data_dir(None)), tokenizer,
                                     args.nsamples, args.seed, args.seqlen)
     layers = find_decoder_layers(model)
     batch = calib_batch_size(config, args.seqlen)
-    collectors = (WrappedGPT, DSnoTCollector)
+    collectors = (InputSquares, InputMeanVariance)
     n, m = config.prune_n, config.prune_m
     scaled = 0.1 * args.seqlen / 2048
     variants = [("same_sign off, thr 0.1 (default)", False, 0.1), ("same_sign on,  thr 0.1", True, 0.1),
@@ -99,9 +100,9 @@ def main() -> None:
           f"seed {args.seed}; earlier layers pruned with wanda + dsnot (defaults)")
     for i, layer, inps, kwargs in layer_walk(model, layers, calib_ids, True, batch, None, True, "walk"):
         linears = find_linears(layer)
-        stats = calibrate(layer, linears, inps, kwargs, calib_ids, method, config, {}, batch, collectors)
+        stats = calibrate(layer, linears, inps, kwargs, calib_ids, collectors, config, {}, batch)
         if i < args.layer:
-            compress(layer, linears, stats, method, config)
+            compress(layer, linears, stats, method, config, addons, i)
             continue
         X = layer_inputs(layer, linears, inps, kwargs, batch)
         mlp = skipped(linears, config)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import main
-from lib import layer_ratios
+from lib.addons import owl
 from lib.experiments.execute import INTERRUPTED, Signals
 from lib.experiments.resume import why_unfinished
 
@@ -27,11 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 PROTOCOL = ["--protocol", "experiment", "--no_dense_eval"]  # as experiments/addons.toml
 
 
-OWL_RATIOS = layer_ratios.owl_ratios  # the real one, kept before any patch (patches must not stack over seeds)
+OWL_RATIOS = owl.owl_ratios  # the real one, kept before any patch (patches must not stack over seeds)
 
 
 def patched(control: str, seed: int):
-    """layer_ratios.owl_ratios, then shuffled or reversed."""
+    """owl.owl_ratios, then shuffled or reversed."""
     def owl_ratios(outlier_ratios, target, owl_lambda):
         ratios = OWL_RATIOS(outlier_ratios, target, owl_lambda)
         if control == "reversed":
@@ -55,7 +55,7 @@ def main_cli() -> int:
         if why_unfinished(out / "results.json", {"model": args.model, "prune_method": "wanda", "seed": seed,
                                                  "sparsity_ratio": float(args.ratio), "layer_ratios": "owl"}) is None:
             continue
-        layer_ratios.owl_ratios = patched(args.control, seed)
+        owl.owl_ratios = patched(args.control, seed)
         argv = ["--model", args.model, *PROTOCOL, "--prune_method", "wanda", "--sparsity_ratio", args.ratio,
                 "--layer_ratios", "owl", "--seed", str(seed), "--save", str(out)]
         sys.argv = ["owl_control.py", "--control", args.control, *argv]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lib.config import ConfigError, PruneConfig
-from lib.registry import ADDON_CHECKS, Method
+from lib.registry import ColumnOrder, LinearMask, Method, register_addon
 
 
 
@@ -62,17 +62,51 @@ def fold_mlp(linears: dict[str, nn.Linear], ups: list[str], down: str, index: to
     weight.data = weight.data[:, index.to(weight.device)].contiguous()
 
 
-def check(method: Method, config: PruneConfig) -> None:
-    """Combinations the permutation cannot honour, one line each (called where the method is looked up)."""
-    if not config.permute:
-        return
-    if not config.prune_n:
-        raise ConfigError("--permute reorders input channels so N:M groups keep more of the large scores; it "
-                          "needs --sparsity_type N:M such as 2:4 (unstructured masks do not depend on the order)")
-    if method.prunes_layer(config) or method.score is None:
-        raise ConfigError(f"--permute needs a per-weight score to reorder channels by, and '{method.name}' "
-                          f"{'removes whole neurons' if method.prunes_layer(config) else 'reconstructs weights'}; "
-                          f"use a score method such as wanda or ria")
+@register_addon
+class Permute(ColumnOrder):
+    """--permute: N:M masks chosen in RIA's reallocated column order; results: permutations, folded_permutations."""
 
+    name = "permute"
+    help = "N:M: input channels reordered so large scores spread over groups (RIA's channel reallocation)"
 
-ADDON_CHECKS.append(check)
+    def __init__(self, config: PruneConfig) -> None:
+        super().__init__(config)
+        # {"layers.i.name": index}: W[:, index] is N:M (a runtime gathers x[..., index]); folded ones were applied
+        # to the MLP's weights (down is N:M as stored) and are recorded for reference only.
+        self.permutations: dict[str, list[int]] = {}
+        self.folded: dict[str, list[int]] = {}
+        self.layer, self.linears, self.fold = 0, {}, None
+
+    def check(self, method: Method) -> None:
+        """Combinations the permutation cannot honour, one line each."""
+        if not self.config.prune_n:
+            raise ConfigError("--permute reorders input channels so N:M groups keep more of the large scores; it "
+                              "needs --sparsity_type N:M such as 2:4 (unstructured masks do not depend on the order)")
+        structured = method.prunes_layer(self.config)
+        if structured or method.score is None:
+            raise ConfigError(f"--permute needs a per-weight score to reorder channels by, and '{method.name}' "
+                              f"{'removes whole neurons' if structured else 'reconstructs weights'}; "
+                              f"use a score method such as wanda or ria")
+
+    def start_layer(self, index: int, linears: dict[str, nn.Linear]) -> None:
+        self.layer, self.linears, self.fold = index, linears, foldable_mlp(linears)
+
+    def order(self, scores: torch.Tensor) -> torch.Tensor:
+        return reallocation_index(scores, self.config.prune_m)
+
+    def apply(self, linear: nn.Linear, item: LinearMask) -> torch.Tensor:
+        """Fold the order into the MLP where it folds (down is then N:M as stored), else record it."""
+        key, index, mask = f"layers.{self.layer}.{item.name}", item.order, item.mask
+        if self.fold is not None and item.name == self.fold[1]:
+            fold_mlp(self.linears, *self.fold, index)
+            linear.weight.data[mask] = 0
+            self.folded[key] = index.tolist()
+            return mask
+        stored = torch.zeros_like(mask).index_copy_(1, index.to(mask.device), mask)
+        linear.weight.data[stored] = 0
+        self.permutations[key] = index.tolist()
+        return stored
+
+    def results(self) -> dict:
+        # W[:, index] of each linear here is N:M: a runtime gathers its input channels x[..., index] (RESULTS.md).
+        return {"permutations": self.permutations, "folded_permutations": self.folded}

@@ -12,12 +12,15 @@ kept weights; var gets a floor).
 from __future__ import annotations
 
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from lib.collectors import Collector
-from lib.config import ConfigError, PruneConfig
-from lib.registry import ADDON_CHECKS, Method
+from lib.config import ConfigError, PruneConfig, Settings, register_settings, setting
+from lib.registry import LinearMask, MaskRefiner, Method, register_addon
 
 
 # Var(x_j) floor relative to the layer's mean variance: a constant channel (var 0) would make upstream's
@@ -26,7 +29,24 @@ VAR_FLOOR_REL = 1e-12
 VAR_FLOOR_ABS = 1e-30
 
 
-class DSnoTCollector(Collector):
+@register_settings
+@dataclass(frozen=True)
+class DSnoTSettings(Settings):
+    """DSnoT's settings (--refine dsnot)."""
+
+    group: ClassVar[str] = "DSnoT (--refine dsnot)"
+    # More swaps per row than any layer has columns to swap cannot be meant (a typo would run for hours).
+    dsnot_cycles: int = setting(50, "most prune-and-regrow swaps per output row", bounds="[0, 100000]",
+                                note="DSnoT's default is 50")
+    dsnot_threshold: float = setting(0.1, "a row stops once |reconstruction error| <= this (in units of w * sum "
+                                          "over a sequence's tokens of x, as upstream)", bounds=">= 0")
+    dsnot_same_sign: bool = setting(False, "unstructured: stop a row before its error changes sign (upstream's "
+                                           "default is off; N:M always checks)")
+    dsnot_skip: str = setting("mlp", "linears left with the initial mask: 'mlp' (upstream default: the MLP's "
+                                     "linears) or 'none'", choices=("mlp", "none"))
+
+
+class InputMeanVariance(Collector):
     """Per input channel: sum of x and of per-sequence population variances (float64), and the sequence count.
 
     Publishes dsnot_sum_x [in] = sum_t x_tj / n_seq (T * E[x_j]) and dsnot_var [in] = the mean over sequences of
@@ -52,14 +72,9 @@ class DSnoTCollector(Collector):
 
     def finalize(self) -> dict[str, torch.Tensor]:
         if self.sum_x is None:
-            raise RuntimeError("DSnoTCollector.finalize() before any add_batch()")
+            raise RuntimeError("InputMeanVariance.finalize() before any add_batch()")
         n = max(self.nsamples, 1)
         return {"dsnot_sum_x": (self.sum_x / n).float(), "dsnot_var": (self.sum_var / n).float()}
-
-
-def collectors(config: PruneConfig) -> tuple[type[Collector], ...]:
-    """The collectors the configured refinement adds to the method's."""
-    return (DSnoTCollector,) if config.refine == "dsnot" else ()
 
 
 def skipped(linears: dict[str, nn.Linear], config: PruneConfig) -> set[str]:
@@ -80,11 +95,26 @@ def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t.gather(1, idx.unsqueeze(1)).squeeze(1)
 
 
+def _prune_order(scores: torch.Tensor, mask: torch.Tensor,
+                 d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unstructured DSnoT's candidates to prune, per row [out, in]: kept weights with d < 0 by ascending score,
+    then kept with d > 0 by descending score (upstream's return_reorder_indice: ties in the second part by
+    descending column), then the rest -> (order, low pointer, high pointer, count with d < 0) per row."""
+    out, cols = scores.shape
+    rank = torch.empty(out, cols, dtype=torch.long, device=d.device).scatter_(
+        1, torch.sort(scores.float(), dim=1, stable=True)[1], torch.arange(cols, device=d.device).expand(out, cols))
+    negative, positive = ~mask & (d < 0), ~mask & (d > 0)
+    key = torch.where(negative, rank, torch.where(positive, 2 * cols - 1 - rank, 2 * cols + rank))
+    prune_lo = torch.zeros(out, dtype=torch.long, device=d.device)
+    n_negative = negative.sum(dim=1)
+    return torch.sort(key, dim=1)[1], prune_lo, n_negative + positive.sum(dim=1) - 1, n_negative
+
+
 def dsnot(W: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, sum_x: torch.Tensor, var: torch.Tensor,
           cycles: int, threshold: float, same_sign: bool = False, prune_m: int = 0) -> tuple[torch.Tensor, int]:
     """Refine mask [out, in] (True = pruned) of W [out, in] -> (new mask, swaps made); every row keeps its count.
 
-    scores [out, in] rank kept weights (low = pruned first); sum_x, var [in] from DSnoTCollector. prune_m > 0: a
+    scores [out, in] rank kept weights (low = pruned first); sum_x, var [in] from InputMeanVariance. prune_m > 0: a
     regrown weight's partner is the lowest-score kept weight of its own group of prune_m columns, and the swap
     needs e's sign unchanged (always, as upstream); else `same_sign` decides.
     """
@@ -103,16 +133,7 @@ def dsnot(W: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, sum_x: torc
     if prune_m:
         kept_scores = scores.float().masked_fill(mask, float("inf"))
     else:
-        # Kept weights with d < 0 by ascending score, then kept with d > 0 by descending score (upstream's
-        # return_reorder_indice: ties in the second part by descending column), then the rest.
-        rank = torch.empty_like(grow).scatter_(1, torch.sort(scores.float(), dim=1, stable=True)[1],
-                                               torch.arange(cols, device=W.device).expand(out, cols))
-        negative, positive = ~mask & (d < 0), ~mask & (d > 0)
-        key = torch.where(negative, rank, torch.where(positive, 2 * cols - 1 - rank, 2 * cols + rank))
-        prune_order = torch.sort(key, dim=1)[1]
-        prune_lo = torch.zeros(out, dtype=torch.long, device=W.device)
-        n_negative = negative.sum(dim=1)
-        prune_hi = n_negative + positive.sum(dim=1) - 1
+        prune_order, prune_lo, prune_hi, n_negative = _prune_order(scores, mask, d)
     active = torch.ones(out, dtype=torch.bool, device=W.device)
     swaps = 0
     for _ in range(cycles):
@@ -147,17 +168,43 @@ def dsnot(W: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, sum_x: torc
     return mask, swaps
 
 
-def check(method: Method, config: PruneConfig) -> None:
-    """Combinations DSnoT cannot honour, one line each (called where the method is looked up)."""
-    if config.refine != "dsnot":
-        return
-    if method.prunes_layer(config):
-        raise ConfigError(f"--refine dsnot swaps single weights; '{method.name}' with --nr_granularity "
-                          f"{config.nr_granularity} removes whole neurons")
-    if method.score is None:
-        raise ConfigError(f"--refine dsnot refines a score method's mask before any reconstruction, and "
-                          f"'{method.name}' reconstructs the weights (its zeros are not a mask to swap); use a "
-                          f"score method such as wanda")
+@register_addon
+class DSnoT(MaskRefiner):
+    """--refine dsnot: prune-and-regrow swaps on each linear's mask; results: refine_swaps (per layer)."""
 
+    name = "dsnot"
+    help = "prune-and-regrow swaps lowering each row's reconstruction error (DSnoT)"
+    collectors = (InputMeanVariance,)
 
-ADDON_CHECKS.append(check)
+    def __init__(self, config: PruneConfig) -> None:
+        super().__init__(config)
+        self.swaps: list[int] = []
+        self.skip: set[str] = set()
+
+    def check(self, method: Method) -> None:
+        """Combinations DSnoT cannot honour, one line each."""
+        if method.prunes_layer(self.config):
+            raise ConfigError(f"--refine dsnot swaps single weights; '{method.name}' with --nr_granularity "
+                              f"{self.config.nr_granularity} removes whole neurons")
+        if method.score is None:
+            raise ConfigError(f"--refine dsnot refines a score method's mask before any reconstruction, and "
+                              f"'{method.name}' reconstructs the weights (its zeros are not a mask to swap); use a "
+                              f"score method such as wanda")
+
+    def start_layer(self, index: int, linears: dict[str, nn.Linear]) -> None:
+        self.skip = skipped(linears, self.config)
+        self.swaps.append(0)
+
+    def refine(self, item: LinearMask) -> torch.Tensor:
+        """DSnoT on one linear's mask (unless --dsnot_skip leaves it), in the mask's column order."""
+        if item.name in self.skip:
+            return item.mask
+        config = self.config
+        mask, swaps = dsnot(item.ordered(item.weight), item.scores, item.mask, item.ordered(item.stats["dsnot_sum_x"]),
+                            item.ordered(item.stats["dsnot_var"]), config.dsnot_cycles, config.dsnot_threshold,
+                            config.dsnot_same_sign, config.prune_m)
+        self.swaps[-1] += swaps
+        return mask
+
+    def results(self) -> dict:
+        return {"refine_swaps": self.swaps}
