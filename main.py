@@ -28,8 +28,8 @@ import torch
 from lib.checks import check_finite_weights, check_model_target, check_output_dir, json_safe, locate_non_finite
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, PruneConfig, RunConfig
-from lib.data import c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
-    wikitext2_file, wikitext2_ids
+from lib.data import c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_bos, \
+    resolve_data_dir, wikitext2_file, wikitext2_ids
 from lib.eval import eval_ppl
 from lib.methods import METHODS, Method, find_method
 from lib.models import find_decoder_layers, find_linears, load_config, load_tokenizer, \
@@ -63,21 +63,25 @@ class Plan:
     data_dir: Path | None
     seqlen: int
     test_ids: torch.Tensor  # [1, N] the evaluation stream
-    calib_ids: torch.Tensor  # [nsamples, seqlen] (0 rows when the method needs no calibration)
+    calib_ids: torch.Tensor  # [nsamples, seqlen] (0 rows when the method needs no calibration); 1 + seqlen with BOS
+    bos_id: int | None = None  # in front of every calibration and evaluation window (--bos); None: Wanda's windows
     tasks: list[str] | None = None
     task_plan: object = None
 
 
-def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = False) -> int:
-    """min(2048, model maximum) by default, the maximum with use_max; a request above the maximum is an error."""
+def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = False, bos: bool = False) -> int:
+    """min(2048, model maximum) by default, the maximum with use_max; a request above the maximum is an error.
+    With bos a window is BOS + seqlen text tokens, so the maximum for seqlen is one less."""
+    limit = None if model_max is None else model_max - bos
     if use_max:
-        if model_max is None:
+        if limit is None:
             raise ConfigError("--seqlen_max: the model's config states no maximum context; pass --seqlen")
-        return model_max
+        return limit
     if requested is None:
-        return min(2048, model_max or 2048)
-    if model_max is not None and requested > model_max:
-        raise ConfigError(f"seqlen {requested} exceeds the model's maximum of {model_max} positions")
+        return min(2048, limit or 2048)
+    if limit is not None and requested > limit:
+        raise ConfigError(f"seqlen {requested} exceeds the model's maximum of {model_max} positions"
+                          + (" less the BOS in front of every window (--bos)" if bos else ""))
     return requested
 
 
@@ -152,23 +156,24 @@ def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
     resolve_model(run_cfg.model, run_cfg.cache_dir)
     data_dir = resolve_data_dir(run_cfg.data_dir)
     model_config = load_config(run_cfg.model, run_cfg.cache_dir)
-    seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config), run_cfg.seqlen_max)
+    tokenizer = load_tokenizer(run_cfg.model, run_cfg.cache_dir)
+    bos_id = resolve_bos(run_cfg.bos, model_config.model_type, tokenizer)
+    seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config), run_cfg.seqlen_max, bos_id is not None)
     check_structure(model_config, config)
     tasks, task_plan = plan_zero_shot(run_cfg, data_dir) if run_cfg.eval_zero_shot else (None, None)
     # Read and count the data before paying for the model, so a missing or damaged file fails in seconds.
     eval_rows = load_wikitext2_rows(run_cfg.eval_split, data_dir)
     calib_texts = (load_calibration_texts(run_cfg.calib_dataset, data_dir) if needs_calibration(method, config)
                    else None)
-    tokenizer = load_tokenizer(run_cfg.model, run_cfg.cache_dir)
-    test_ids = wikitext2_ids(eval_rows, tokenizer)
+    test_ids = wikitext2_ids(eval_rows, tokenizer, bos_id is not None)
     eval_source = str(wikitext2_file(run_cfg.eval_split, data_dir) or "hub")
     count_eval_windows(run_cfg, test_ids, seqlen, eval_source)
     calib_ids = torch.zeros(0, seqlen, dtype=torch.long)
     if calib_texts is not None:
         local = c4_file(data_dir) if run_cfg.calib_dataset == "c4" else wikitext2_file("train", data_dir)
         calib_ids = calibration_windows(run_cfg.calib_dataset, calib_texts, tokenizer, config.nsamples, config.seed,
-                                        seqlen, source=str(local or "hub"))
-    return Plan(method, data_dir, seqlen, test_ids, calib_ids, tasks, task_plan)
+                                        seqlen, source=str(local or "hub"), bos_id=bos_id)
+    return Plan(method, data_dir, seqlen, test_ids, calib_ids, bos_id, tasks, task_plan)
 
 
 def save_outputs(run_cfg: RunConfig, results: dict, store: LayerStore, tokenizer, seconds: dict,
@@ -218,7 +223,7 @@ def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: st
     PROGRESS.phase = f"{which} evaluation"
     t = time.time()
     with store.streaming():
-        ppl = eval_ppl(model, plan.test_ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size)
+        ppl = eval_ppl(model, plan.test_ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size, plan.bos_id)
         if math.isnan(ppl):
             locate_non_finite(model, find_decoder_layers(model), plan.test_ids[:, :plan.seqlen])
             raise ConfigError(f"{which} perplexity is NaN although every linear's output is finite on the first "
@@ -275,7 +280,8 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
         "sparsity_ratio": config.sparsity_ratio, "measured_sparsity": sparsity, "layer_sparsity": per_layer,
         "ppl_dense": ppl_dense, "ppl_pruned": ppl_pruned, "eval_split": run_cfg.eval_split,
         "calib_dataset": run_cfg.calib_dataset, "seed": config.seed, "nsamples": config.nsamples,
-        "seqlen": plan.seqlen, "eval_limit": run_cfg.eval_limit, "parameters": sum(p.numel() for p in model.parameters()),
+        "seqlen": plan.seqlen, "bos": "never" if plan.bos_id is None else "always", "bos_setting": run_cfg.bos,
+        "eval_limit": run_cfg.eval_limit, "parameters": sum(p.numel() for p in model.parameters()),
         "config": config.to_dict(),
     }
     if plan.tasks:

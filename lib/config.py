@@ -19,6 +19,7 @@ from lib.protocols import PROTOCOLS
 CALIB_DATASETS = ("c4", "wikitext2")
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
 OFFLOAD_MODES = ("auto", "none", "cpu", "disk")
+BOS_MODES = ("auto", "always", "never")
 MAX_EXPONENT = 10
 
 
@@ -228,6 +229,10 @@ class RunConfig:
                                       "4096); instead of --seqlen", group="data")
     calib_dataset: str = setting("c4", f"calibration text, one of {list(CALIB_DATASETS)} (default c4)",
                                  group="data", choices=CALIB_DATASETS)
+    bos: str = setting("auto", "BOS token in front of every calibration and evaluation window: always, never "
+                               "(Wanda's protocol: the text tokenised once, so only its first window starts with "
+                               "the tokenizer's BOS), auto (default): always for Gemma-family models (trained with "
+                               "BOS at every input's start), else never", group="data", choices=BOS_MODES)
     data_dir: str | None = setting(None, "local data folder like ../shared/data (else $WANDA_DATA_DIR, else the "
                                          "Hugging Face hub)", group="data")
     eval_limit: int | None = setting(None, "evaluate only the first N windows (default all)", group="evaluation")
@@ -257,7 +262,7 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} {value} must be a positive integer")
-        for name in ("calib_dataset", "eval_split"):
+        for name in ("calib_dataset", "eval_split", "bos"):
             check_choice(self, name)
         if self.protocol is not None:
             check_choice(self, "protocol")

@@ -139,6 +139,40 @@ def load_c4_texts(data_dir: Path | None) -> list[str]:
                     "Set --data_dir or WANDA_DATA_DIR to a folder like ../shared/data")
 
 
+# Model families trained with BOS at the start of every input, whose perplexity without it describes the model
+# outside its training regime (Gemma3-270M, WikiText-2, 256-token windows: 139.5 without, 31.3 with; README).
+# lm-eval's HFLM makes the same exception for Gemma. Every other family keeps Wanda's protocol under --bos auto.
+BOS_FAMILIES = ("gemma",)
+
+
+def resolve_bos(mode: str, model_type: str, tokenizer) -> int | None:
+    """The BOS id to put in front of every window (None: Wanda's windows). mode: 'auto', 'always' or 'never'.
+
+    auto is 'always' for model types starting with one of BOS_FAMILIES (gemma, gemma2, gemma3_text, ...).
+    """
+    if mode == "never" or (mode == "auto" and not str(model_type).startswith(BOS_FAMILIES)):
+        return None
+    if tokenizer.bos_token_id is None:
+        if mode == "auto":
+            return None
+        raise ConfigError(f"bos 'always': the tokenizer of this {model_type} model defines no BOS token; use "
+                          "--bos never or auto")
+    return int(tokenizer.bos_token_id)
+
+
+def token_ids(text: str, tokenizer, bos: bool) -> torch.Tensor:
+    """text -> token ids [N]. bos: the text's tokens alone (a BOS is put in front of each window later);
+    else as the tokenizer encodes a text (Wanda's: with its own BOS at the start, if it adds one)."""
+    return tokenizer(text, return_tensors="pt", add_special_tokens=not bos).input_ids[0]
+
+
+def with_bos(windows: torch.Tensor, bos_id: int | None) -> torch.Tensor:
+    """windows [n, L] -> [n, 1 + L] with bos_id in front of each (unchanged for None)."""
+    if bos_id is None:
+        return windows
+    return torch.cat([torch.full((windows.shape[0], 1), bos_id, dtype=windows.dtype), windows], dim=1)
+
+
 def check_capacity(nsamples: int, starts: int, seqlen: int, source: str) -> None:
     """nsamples windows must not exceed the distinct windows (start positions) the calibration text offers.
 
@@ -162,13 +196,14 @@ def _windows_from_stream(ids: torch.Tensor, nsamples: int, seqlen: int, rng: ran
 
 
 def c4_windows(texts: list[str], tokenizer, nsamples: int, seed: int, seqlen: int,
-               source: str = "C4") -> torch.Tensor:
+               source: str = "C4", bos: bool = False) -> torch.Tensor:
     """Wanda's get_c4 draw: a random document longer than seqlen (with replacement), then a random window.
 
     The random calls are Wanda's, and only the drawn documents are tokenised (the hub shard has ~356k), so the
     hub shard gives Wanda's exact calibration set. Documents no longer than seqlen are re-drawn; if none is long
     enough (a small local sample at a long seqlen: known once every document has been drawn), the documents are
     joined in file order with '\\n\\n' into one stream and windows are drawn from it, with the seed afresh.
+    bos: documents are tokenised without special tokens (token_ids), the windows [nsamples, seqlen] text alone.
     """
     rng = random.Random(seed)
     # A token covers at least one character (plus a BOS/EOS), so this bounds the distinct windows without
@@ -181,14 +216,14 @@ def c4_windows(texts: list[str], tokenizer, nsamples: int, seed: int, seqlen: in
         while True:
             i = rng.randint(0, len(texts) - 1)
             if i not in tokenized:
-                tokenized[i] = tokenizer(texts[i], return_tensors="pt").input_ids[0]
+                tokenized[i] = token_ids(texts[i], tokenizer, bos)
                 longest = max(longest, tokenized[i].numel())
             if tokenized[i].numel() > seqlen:
                 break
             if len(tokenized) == len(texts) and longest <= seqlen:
                 logger.warning("no C4 document is longer than seqlen=%d tokens; drawing windows from joined "
                                "documents", seqlen)
-                joined = tokenizer("\n\n".join(texts), return_tensors="pt").input_ids[0]
+                joined = token_ids("\n\n".join(texts), tokenizer, bos)
                 return _windows_from_stream(joined, nsamples, seqlen, random.Random(seed),
                                             f"{source}, documents joined")
         ids = tokenized[i]
@@ -207,26 +242,31 @@ def load_calibration_texts(name: str, data_dir: Path | None) -> list[str]:
 
 
 def calibration_windows(name: str, texts: list[str], tokenizer, nsamples: int, seed: int,
-                        seqlen: int, source: str | None = None) -> torch.Tensor:
-    """Calibration token ids [nsamples, seqlen] from load_calibration_texts(name)'s texts, drawn as Wanda does.
+                        seqlen: int, source: str | None = None, bos_id: int | None = None) -> torch.Tensor:
+    """Calibration token ids [nsamples, seqlen] from load_calibration_texts(name)'s texts, drawn as Wanda does;
+    [nsamples, 1 + seqlen] with bos_id in front of each window of seqlen text tokens.
 
     source names where the texts came from in errors (nsamples beyond the distinct windows, text too short).
     """
+    bos = bos_id is not None
     if name == "c4":
-        return c4_windows(texts, tokenizer, nsamples, seed, seqlen, source or "C4")
-    ids = tokenizer(" ".join(texts), return_tensors="pt").input_ids[0]
-    return _windows_from_stream(ids, nsamples, seqlen, random.Random(seed), source or "WikiText-2 train")
+        return with_bos(c4_windows(texts, tokenizer, nsamples, seed, seqlen, source or "C4", bos), bos_id)
+    ids = token_ids(" ".join(texts), tokenizer, bos)
+    windows = _windows_from_stream(ids, nsamples, seqlen, random.Random(seed), source or "WikiText-2 train")
+    return with_bos(windows, bos_id)
 
 
 def get_calibration(name: str, tokenizer, nsamples: int, seed: int, seqlen: int,
-                    data_dir: Path | None) -> torch.Tensor:
+                    data_dir: Path | None, bos_id: int | None = None) -> torch.Tensor:
     """Calibration token ids [nsamples, seqlen] from 'c4' (default, as Wanda) or 'wikitext2' (train split)."""
-    return calibration_windows(name, load_calibration_texts(name, data_dir), tokenizer, nsamples, seed, seqlen)
+    return calibration_windows(name, load_calibration_texts(name, data_dir), tokenizer, nsamples, seed, seqlen,
+                               bos_id=bos_id)
 
 
-def wikitext2_ids(rows: list[str], tokenizer) -> torch.Tensor:
-    """The evaluation stream [1, N]: rows joined with '\\n\\n' and tokenised once, exactly as Wanda."""
-    return tokenizer("\n\n".join(rows), return_tensors="pt").input_ids
+def wikitext2_ids(rows: list[str], tokenizer, bos: bool = False) -> torch.Tensor:
+    """The evaluation stream [1, N]: rows joined with '\\n\\n' and tokenised once, exactly as Wanda (bos: the
+    text's tokens alone, see token_ids)."""
+    return token_ids("\n\n".join(rows), tokenizer, bos)[None]
 
 
 def get_wikitext2_test_ids(tokenizer, data_dir: Path | None, split: str = "test") -> torch.Tensor:

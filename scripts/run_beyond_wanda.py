@@ -90,10 +90,10 @@ def cache_data() -> None:
         setattr(main, name, functools.lru_cache(maxsize=None)(getattr(main, name)))
     ids, tokenize = {}, main.wikitext2_ids
 
-    def wikitext2_ids(rows, tokenizer):
-        key = (id(rows), id(tokenizer))  # the memoised rows and tokenizer are the same objects on every call
+    def wikitext2_ids(rows, tokenizer, bos=False):
+        key = (id(rows), id(tokenizer), bos)  # the memoised rows and tokenizer are the same objects on every call
         if key not in ids:
-            ids[key] = tokenize(rows, tokenizer)
+            ids[key] = tokenize(rows, tokenizer, bos)
         return ids[key]
     main.wikitext2_ids = wikitext2_ids
 

@@ -62,18 +62,26 @@ def fabricate_text(n_words: int, seed: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
-def make_tokenizer():
-    """A small word-level tokenizer (vocab < 128) built in-process, wrapped for transformers."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+BOS_ID = 6  # make_tokenizer(bos=True)'s BOS
+
+
+def make_tokenizer(bos: bool = False, bos_token: str | None = "<bos>"):
+    """A small word-level tokenizer (vocab < 128) built in-process, wrapped for transformers. bos: it puts
+    '<bos>' (BOS_ID) in front of every text, as Llama and Gemma tokenizers do; else it adds nothing, though it
+    names bos_token (as GPT-NeoX's; None: no BOS token, as Qwen's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<unk>": 0, "<eos>": 1, "\n": 2, "=": 3, ".": 4, ",": 5}
+    vocab = {"<unk>": 0, "<eos>": 1, "\n": 2, "=": 3, ".": 4, ",": 5, "<bos>": BOS_ID}
     for word in WORDS:
         vocab.setdefault(word, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"),
                                                  pre_tokenizers.WhitespaceSplit()])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+    if not bos:
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", bos_token=bos_token)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS_ID)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", bos_token="<bos>")
 
 
 @pytest.fixture
@@ -107,9 +115,9 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path):
     """Factory: a saved tiny model + tokenizer folder that main.py can load by path."""
-    def build(arch: str = "llama") -> Path:
-        folder = tmp_path / f"tiny-{arch}"
+    def build(arch: str = "llama", bos: bool = False) -> Path:
+        folder = tmp_path / f"tiny-{arch}{'-bos' if bos else ''}"
         make_tiny_model(arch).save_pretrained(folder)
-        make_tokenizer().save_pretrained(folder)
+        make_tokenizer(bos).save_pretrained(folder)
         return folder
     return build
