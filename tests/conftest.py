@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -82,6 +83,21 @@ def make_tokenizer(bos: bool = False, bos_token: str | None = "<bos>"):
         return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", bos_token=bos_token)
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS_ID)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", bos_token="<bos>")
+
+
+def direct_ppl(model, stream: list[int], seqlen: int, nwindows: int, bos_id: int | None) -> float:
+    """The oracle: each window of seqlen stream tokens scored on its own (batch 1, float64 log-softmax), BOS in
+    front when bos_id is given; targets are the window's tokens 2..seqlen either way; exp of their mean NLL."""
+    nll, count = 0.0, 0
+    for w in range(nwindows):
+        window = stream[w * seqlen:(w + 1) * seqlen]
+        inputs = ([bos_id] if bos_id is not None else []) + window
+        logp = torch.log_softmax(model(torch.tensor([inputs])).logits[0].double(), dim=-1)
+        first = len(inputs) - seqlen  # the position that sees the window's first token
+        for k in range(1, seqlen):
+            nll -= logp[first + k - 1, window[k]].item()
+            count += 1
+    return math.exp(nll / count)
 
 
 @pytest.fixture

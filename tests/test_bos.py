@@ -4,33 +4,16 @@ the auto rule; Wanda's protocol unchanged."""
 from __future__ import annotations
 
 import json
-import math
-
 import pytest
 import torch
 
 import main
-from conftest import BOS_ID, make_tiny_model, make_tokenizer
+from conftest import BOS_ID, direct_ppl, make_tiny_model, make_tokenizer
 from lib.data import calibration_windows, load_c4_texts, load_wikitext2_rows, resolve_bos, token_ids
 from lib.eval import eval_ppl
 from lib.protocols import PROTOCOLS
 
 SEQLEN, WINDOWS = 32, 3
-
-
-def direct_ppl(model, stream: list[int], seqlen: int, nwindows: int, bos_id: int | None) -> float:
-    """The oracle: each window of seqlen stream tokens scored on its own (batch 1, float64 log-softmax), BOS in
-    front when bos_id is given; targets are the window's tokens 2..seqlen either way; exp of their mean NLL."""
-    nll, count = 0.0, 0
-    for w in range(nwindows):
-        window = stream[w * seqlen:(w + 1) * seqlen]
-        inputs = ([bos_id] if bos_id is not None else []) + window
-        logp = torch.log_softmax(model(torch.tensor([inputs])).logits[0].double(), dim=-1)
-        first = len(inputs) - seqlen  # the position that sees the window's first token
-        for k in range(1, seqlen):
-            nll -= logp[first + k - 1, window[k]].item()
-            count += 1
-    return math.exp(nll / count)
 
 
 def wiki_text(data_dir) -> str:
