@@ -4,7 +4,7 @@
     # another version of the code, side by side: PYTHONPATH=<its checkout> .venv/bin/python bench/bench_memory.py
     # the evaluation's output head in chunks of positions vs whole [batch, seqlen, vocab] logits, one run:
     WANDA_DATA_DIR=../shared/data .venv/bin/python bench/bench_memory.py --model gemma3-270m --compare_head \
-        --nsamples 4 --seqlen 256 --eval_limit 8 --eval_batch_size 8
+        --eval_only --seqlen 256 --eval_limit 8 --eval_batch_size 8
 
 Phases: load, dense perplexity, prune, pruned perplexity. Before each phase the kernel's high-water mark is
 reset (/proc/self/clear_refs, Linux), so each phase's peak is its own, not the run's so far. Uses only the
@@ -52,9 +52,9 @@ def child(args: argparse.Namespace) -> dict:
     sum(p.float().sum().item() for p in model.parameters())  # touch memory-mapped weights
     peaks["load"] = rss_mb("VmHWM")
     data = resolve_data_dir(None)
-    calib = get_calibration("c4", tokenizer, args.nsamples, 0, args.seqlen, data)
+    calib = None if args.eval_only else get_calibration("c4", tokenizer, args.nsamples, 0, args.seqlen, data)
     test_ids = get_wikitext2_test_ids(tokenizer, data)
-    for phase in ("dense ppl", "prune", "pruned ppl"):
+    for phase in ("dense ppl",) if args.eval_only else ("dense ppl", "prune", "pruned ppl"):
         reset_peak()
         base = rss_mb("VmRSS")
         if phase == "prune":
@@ -76,6 +76,7 @@ def main() -> None:
     p.add_argument("--malloc_mmap_threshold", type=int, default=131072, help="MALLOC_MMAP_THRESHOLD_ for the child")
     p.add_argument("--compare_head", action="store_true",
                    help="two runs: the output head in chunks (lib.eval) and whole logits; prints both and the ratio")
+    p.add_argument("--eval_only", action="store_true", help="load and dense perplexity only (no pruning)")
     p.add_argument("--whole_logits", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -85,17 +85,10 @@ def load_once():
 
 
 def cache_data() -> None:
-    """Read and tokenise each data file once: main.check's readers, memoised on their arguments."""
-    for name in ("load_wikitext2_rows", "load_calibration_texts", "load_tokenizer", "load_config"):
+    """Read and tokenise each data file once: main.check's readers, memoised on their arguments (the texts by
+    identity: the memoised readers return the same objects on every call)."""
+    for name in ("load_eval_text", "load_calibration_texts", "load_tokenizer", "load_config", "tokenize_eval"):
         setattr(main, name, functools.lru_cache(maxsize=None)(getattr(main, name)))
-    ids, tokenize = {}, main.wikitext2_ids
-
-    def wikitext2_ids(rows, tokenizer, bos=False):
-        key = (id(rows), id(tokenizer), bos)  # the memoised rows and tokenizer are the same objects on every call
-        if key not in ids:
-            ids[key] = tokenize(rows, tokenizer, bos)
-        return ids[key]
-    main.wikitext2_ids = wikitext2_ids
 
 
 def main_cli() -> int:

@@ -566,7 +566,7 @@ def test_batch_runner_restores_dense_weights_between_runs(tiny_model_dir, data_d
     alone = tmp_path / "alone"
     assert main.main([str(a) for a in [*common, *runs[-1], "--save", alone]]) == 0
     monkeypatch.setattr(main, "load_with_store", run_beyond_wanda.load_once())
-    for name in ("load_wikitext2_rows", "load_calibration_texts", "load_tokenizer", "load_config", "wikitext2_ids"):
+    for name in ("load_eval_text", "load_calibration_texts", "load_tokenizer", "load_config", "tokenize_eval"):
         monkeypatch.setattr(main, name, getattr(main, name))  # undone after the test, like load_with_store
     run_beyond_wanda.cache_data()
     for i, extra in enumerate(runs):

@@ -360,3 +360,63 @@ def test_every_evaluate_flag_refuses_what_cannot_be_meant(lora_inputs, stub_load
     else:
         assert_one_line(code, err, value)
     assert snapshot(lora_inputs["root"]) == before and not (stub_load / "eval.json").exists()
+
+
+def text_file_case(root: Path, case: str) -> tuple[list[str], str]:
+    """A damaged or unusable --calib_dataset / --eval_dataset file -> (flags, text the error must name)."""
+    role, _, damage = case.partition(" ")
+    flag = "--calib_dataset" if role == "calib" else "--eval_dataset"
+    if damage == "missing .txt":
+        return [flag, str(root / "nowhere.txt")], str(root / "nowhere.txt")
+    path = root / {"blank .txt": "d.txt", "bad .jsonl": "d.jsonl", "no field .jsonl.gz": "d.jsonl.gz",
+                   "not parquet": "d.parquet", "short .txt": "short.txt", "no column .parquet": "c.parquet"}[damage]
+    if damage == "blank .txt":
+        path.write_text("\n \n\n")
+    elif damage == "bad .jsonl":
+        path.write_text('{"text": "the cat"}\n{"text": \n')
+    elif damage == "no field .jsonl.gz":
+        with gzip.open(path, "wt") as handle:
+            handle.write('{"content": "the cat sat"}\n')
+    elif damage == "not parquet":
+        path.write_text("the cat sat")
+    elif damage == "short .txt":
+        path.write_text("the cat sat on the mat\n\na dog ran\n")
+    elif damage == "no column .parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"content": ["the cat sat"] * 3}), path)
+    return [flag, str(path)], str(path)
+
+
+TEXT_FILE_CASES = [f"{role} {damage}" for role in ("calib", "eval") for damage in (
+    "missing .txt", "blank .txt", "bad .jsonl", "no field .jsonl.gz", "not parquet", "short .txt",
+    "no column .parquet")]
+
+
+@pytest.mark.parametrize("case", TEXT_FILE_CASES)
+def test_unusable_text_files_are_named_before_the_model_loads(inputs, stub_load, capsys, case):
+    argv, named = text_file_case(stub_load, case)
+    code, err = call(main.main, ["--model", inputs["model"], "--data_dir", inputs["data"], *BASE_ARGS, *argv,
+                                 "--save", stub_load / "out"], capsys)
+    assert_one_line(code, err, named)
+    assert not (stub_load / "out").exists()
+
+
+SPEC_CASES = [
+    (["--calib_dataset", "ptb"], "calib_dataset 'ptb' is not one of"),
+    (["--calib_dataset", "notes.csv"], "calib_dataset 'notes.csv' is not one of"),
+    (["--calib_dataset", "hf:"], "calib_dataset 'hf:' is not one of"),
+    (["--eval_dataset", "wikitext2,ptb"], "eval_dataset 'ptb' is not one of"),
+    (["--eval_dataset", ","], "eval_dataset ',' names no dataset"),
+    (["--calib_field", "content"], "calib_field 'content' has no effect"),
+    (["--eval_dataset", "c4", "--eval_field", "content"], "eval_field 'content' has no effect"),
+    (["--bos", "sometimes"], "bos 'sometimes' is not one of"),
+]
+
+
+@pytest.mark.parametrize("extra,message", SPEC_CASES, ids=[" ".join(c[0]) for c in SPEC_CASES])
+def test_text_specs_that_cannot_be_meant_are_refused(inputs, stub_load, capsys, extra, message):
+    code, err = call(main.main, ["--model", inputs["model"], "--data_dir", inputs["data"], *BASE_ARGS, *extra],
+                     capsys)
+    assert_one_line(code, err, message)
