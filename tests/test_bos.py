@@ -78,15 +78,16 @@ def test_auto_gives_gemma_bos_and_keeps_wanda_protocol_elsewhere():
     assert resolve_bos("auto", "gemma2", make_tokenizer(bos_token=None)) is None  # no BOS token to give
 
 
-def test_auto_on_a_gemma_model_runs_with_bos(tmp_path, data_dir):
+@pytest.mark.parametrize("protocol,bos", [([], "always"), (["--protocol", "wanda"], "never")])
+def test_auto_on_a_gemma_model_runs_with_bos_and_the_wanda_protocol_without(tmp_path, data_dir, protocol, bos):
     folder = tmp_path / "tiny-gemma2"
     make_tiny_model("gemma2", bos_token_id=BOS_ID).save_pretrained(folder)
     make_tokenizer(bos=True).save_pretrained(folder)
     out = tmp_path / "out"
-    assert main.main(["--model", str(folder), "--prune_method", "wanda", "--nsamples", "2", "--seqlen", "16",
-                      "--eval_limit", "2", "--data_dir", str(data_dir), "--save", str(out)]) == 0
+    assert main.main(["--model", str(folder), *protocol, "--prune_method", "wanda", "--nsamples", "2", "--seqlen",
+                      "16", "--eval_limit", "2", "--data_dir", str(data_dir), "--save", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert (results["bos"], results["bos_setting"]) == ("always", "auto")
+    assert (results["bos"], results["bos_setting"]) == (bos, "never" if protocol else "auto")
 
 
 def test_always_without_a_bos_token_is_a_one_line_error(data_dir, tmp_path, capsys):
