@@ -43,9 +43,9 @@ def reset_peak() -> None:
 def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(2)
     if args.whole_logits:  # lib.eval's path for a model without a separable head: the whole logits at once
-        import lib.eval
+        import lib.eval as lib_eval
 
-        lib.eval.head_parts = lambda model: None
+        lib_eval.head_parts = lambda model: None
     peaks: dict[str, float] = {}
     reset_peak()
     model, tokenizer = load_model(args.model, dtype=torch.float32)
