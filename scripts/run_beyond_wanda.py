@@ -2,7 +2,7 @@
 wanda_spiky under the same add-ons, several seeds, in one process.
 
     .venv/bin/python scripts/run_beyond_wanda.py [--seeds 0 1 2] [--labels u50_wanda ...] [--model smollm2-135m]
-        [--results_dir results/beyond_wanda]
+        [--results_dir results/beyond_wanda] [--bos never]
 
 Every run is `main.py <PROTOCOL> <its arguments> --seed K --save <results_dir>/<label>/seed<K>`, executed by
 main.main in this process: the model is loaded once and its dense weights are restored before each run, and the
@@ -100,6 +100,8 @@ def main_cli() -> int:
                    help=f"runs of the grid to do (default all): {' '.join(RUNS)}")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--results_dir", type=Path, default=REPO / "results/beyond_wanda")
+    p.add_argument("--bos", choices=["auto", "always", "never"],
+                   help="override the protocol's --bos (never: RESULTS.md's earlier Gemma3 protocol)")
     args = p.parse_args()
     main.load_with_store = load_once()
     cache_data()
@@ -112,7 +114,8 @@ def main_cli() -> int:
             out = args.results_dir / label / f"seed{seed}"
             if (out / "results.json").exists():
                 continue
-            argv = ["--model", args.model, *PROTOCOL, *runs[label], "--seed", str(seed), "--save", str(out)]
+            bos = ["--bos", args.bos] if args.bos else []
+            argv = ["--model", args.model, *PROTOCOL, *bos, *runs[label], "--seed", str(seed), "--save", str(out)]
             print(f"== {label} seed {seed}: main.py {' '.join(argv)}", file=sys.stderr, flush=True)
             sys.argv = ["main.py", *argv]  # results.json records the equivalent command
             status = main.main(argv)
