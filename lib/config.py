@@ -112,8 +112,9 @@ class PruneConfig:
     sparsity_type: str = setting("unstructured", "'unstructured' or N:M such as 2:4, 4:8")
     nsamples: int = setting(128, "calibration sequences (default 128)")
     calib_batch_size: int = setting(0, "calibration sequences per layer call (default 0: as many as fit 8192 "
-                                       "tokens; lower it if a layer's activations run out of memory; results "
-                                       "are the same)")
+                                       "tokens; lower it if a layer's activations run out of memory). Results "
+                                       "are the same: statistics are summed one sequence at a time (on a GPU, "
+                                       "batched matmuls may still round differently)")
     seed: int = setting(0, "calibration sampling seed (>= 0)")
     use_variant: bool = setting(False, "Wanda's alpha-search variant (unstructured only)")
     blocksize: int = setting(128, "SparseGPT block size (columns per lazy update)", group="SparseGPT")
@@ -129,7 +130,9 @@ class PruneConfig:
     sel_spiky_clip_max: float = setting(10.0, "upper clip of the spikiness ratio R (> 0)", group="selectivity")
     sel_idf_exp: float = setting(1.0, "exponent on IDF, in [-10, 10] (0 turns it off)", group="selectivity")
     sel_spiky_exp: float = setting(1.0, "exponent on R, in [-10, 10] (0 turns it off)", group="selectivity")
-    neuronrank_max_classes: int = setting(512, "K most frequent calibration token ids used as classes",
+    neuronrank_max_classes: int = setting(512, "K most frequent calibration token ids used as classes: 0 (no "
+                                               "classes: neuronrank's factor is the variance alone) or >= 2 (one "
+                                               "class has no between-class variance)",
                                           group="NeuronRank",
                                           flags=("--neuronrank-max-classes", "--neuronrank_max_classes"))
     nr_granularity: str = setting("weight", "'weight' (default) or 'neuron' (whole MLP neurons)",
@@ -201,8 +204,9 @@ class PruneConfig:
             if not -MAX_EXPONENT <= getattr(self, name) <= MAX_EXPONENT:
                 raise ConfigError(f"{name} {getattr(self, name)} must be in [-{MAX_EXPONENT}, {MAX_EXPONENT}]")
         check_choice(self, "nr_granularity")
-        if self.neuronrank_max_classes < 0:
-            raise ConfigError(f"neuronrank_max_classes {self.neuronrank_max_classes} must be >= 0")
+        if self.neuronrank_max_classes < 0 or self.neuronrank_max_classes == 1:
+            # One class makes every between-class variance and Fisher ratio 0: the scores degenerate silently.
+            raise ConfigError(f"neuronrank_max_classes {self.neuronrank_max_classes} must be 0 (no classes) or >= 2")
         for name in ("layer_ratios", "owl_score", "refine", "dsnot_skip", "ria_group"):
             check_choice(self, name)
         if not self.owl_m > 0:
@@ -294,8 +298,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        if self.seqlen is not None and self.seqlen <= 0:
-            raise ConfigError(f"seqlen {self.seqlen} must be a positive integer")
+        if self.seqlen is not None and self.seqlen < 2:
+            # A window's loss predicts tokens 2..seqlen from the ones before: one token leaves nothing to score.
+            raise ConfigError(f"seqlen {self.seqlen} must be at least 2 tokens")
         if self.seqlen is not None and self.seqlen_max:
             raise ConfigError(f"seqlen {self.seqlen} and --seqlen_max both set the window; pass one")
         if self.zs_batch_size != "auto" and not (self.zs_batch_size.isdigit() and int(self.zs_batch_size) > 0):
