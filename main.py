@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,8 +28,8 @@ from lib.checks import check_apart, check_dense_perplexity, check_finite_weights
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, PruneConfig, RunConfig
 from lib.errors import RunError
-from lib.data import DataError, c4_file, calibration_windows, load_calibration_texts, load_wikitext2_rows, resolve_data_dir, \
-    wikitext2_file, wikitext2_ids
+from lib.data import DataError, EvalText, calibration_source, calibration_windows, load_calibration_texts, \
+    load_eval_text, resolve_bos, resolve_data_dir, text_sha256
 from lib.eval import eval_ppl
 from lib.plugins import ADDONS, METHODS, Method, find_method, selector_choices
 from lib.models import check_weights_match, find_decoder_layers, load_config, load_tokenizer, \
@@ -69,22 +69,27 @@ class Plan:
     method: Method
     data_dir: Path | None
     seqlen: int
-    test_ids: torch.Tensor  # [1, N] the evaluation stream
-    calib_ids: torch.Tensor  # [nsamples, seqlen] (0 rows when the method needs no calibration)
+    eval_sets: dict[str, EvalSet]  # --eval_dataset, in order; the first gives ppl_dense / ppl_pruned
+    calib_ids: torch.Tensor  # [nsamples, seqlen] (0 rows when the method needs no calibration); 1 + seqlen with BOS
+    bos_id: int | None = None  # in front of every calibration and evaluation window (--bos); None: Wanda's windows
+    calib: dict = field(default_factory=dict)  # calib_source, calib_sha256 for results.json
     tasks: list[str] | None = None
     task_plan: object = None
 
 
-def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = False) -> int:
-    """min(2048, model maximum) by default, the maximum with use_max; a request above the maximum is an error."""
+def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = False, bos: bool = False) -> int:
+    """min(2048, model maximum) by default, the maximum with use_max; a request above the maximum is an error.
+    With bos a window is BOS + seqlen text tokens, so the maximum for seqlen is one less."""
+    limit = None if model_max is None else model_max - bos
     if use_max:
-        if model_max is None:
+        if limit is None:
             raise ConfigError("--seqlen_max: the model's config states no maximum context; pass --seqlen")
-        return model_max
+        return limit
     if requested is None:
-        return min(2048, model_max or 2048)
-    if model_max is not None and requested > model_max:
-        raise ConfigError(f"seqlen {requested} exceeds the model's maximum of {model_max} positions")
+        return min(2048, limit or 2048)
+    if limit is not None and requested > limit:
+        raise ConfigError(f"seqlen {requested} exceeds the model's maximum of {model_max} positions"
+                          + (" less the BOS in front of every window (--bos)" if bos else ""))
     return requested
 
 
@@ -183,15 +188,41 @@ def check_space(run_cfg: RunConfig, model_config, parameters: int, converting: b
     check_free_space(needs)
 
 
-def count_eval_windows(run_cfg: RunConfig, test_ids: torch.Tensor, seqlen: int, source: str) -> None:
+@dataclass
+class EvalSet:
+    """One --eval_dataset entry, tokenised: its stream and where it came from (recorded in results.json)."""
+
+    ids: torch.Tensor  # [1, N]
+    source: str
+    sha256: str
+
+
+def count_eval_windows(run_cfg: RunConfig, name: str, test_ids: torch.Tensor, seqlen: int, source: str) -> None:
     """The evaluation text must hold one window of seqlen tokens, and --eval_limit no more than it holds."""
     windows = test_ids.numel() // seqlen
+    what = f"WikiText-2 {run_cfg.eval_split}" if name == "wikitext2" else f"eval_dataset {name}"
     if windows == 0:
-        raise DataError(f"WikiText-2 {run_cfg.eval_split} ({source}) has {test_ids.numel()} tokens, fewer than one "
-                        f"evaluation window of seqlen {seqlen}; lower --seqlen or replace the file")
+        raise DataError(f"{what} ({source}) has {test_ids.numel()} tokens, fewer than one evaluation window of "
+                        f"seqlen {seqlen}; lower --seqlen or use more text")
     if run_cfg.eval_limit is not None and run_cfg.eval_limit > windows:
         raise ConfigError(f"eval_limit {run_cfg.eval_limit} exceeds the {windows} windows of {seqlen} tokens in "
-                          f"WikiText-2 {run_cfg.eval_split} ({source}); use --eval_limit <= {windows} or omit it")
+                          f"{what} ({source}); use --eval_limit <= {windows} or omit it")
+
+
+def tokenize_eval(text: EvalText, tokenizer, bos: bool, seqlen: int) -> torch.Tensor:
+    """An evaluation text's stream [1, N] (a function of its own, so a batch runner can memoise it)."""
+    return text.ids(tokenizer, bos, seqlen)
+
+
+def plan_eval_sets(run_cfg: RunConfig, data_dir: Path | None, tokenizer, bos: bool, seqlen: int) -> dict[str, EvalSet]:
+    """Every --eval_dataset entry read, tokenised and counted, before the model loads."""
+    sets = {}
+    for name in run_cfg.eval_list():
+        text = load_eval_text(name, run_cfg.eval_split, data_dir, run_cfg.eval_field)
+        ids = tokenize_eval(text, tokenizer, bos, seqlen)
+        count_eval_windows(run_cfg, name, ids, seqlen, text.source)
+        sets[name] = EvalSet(ids, text.source, text_sha256(text.texts))
+    return sets
 
 
 def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
@@ -202,24 +233,23 @@ def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
     check_outputs(run_cfg, inputs)
     data_dir = resolve_data_dir(run_cfg.data_dir)
     model_config = load_config(run_cfg.model, run_cfg.cache_dir)
-    seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config), run_cfg.seqlen_max)
+    tokenizer = load_tokenizer(run_cfg.model, run_cfg.cache_dir)
+    bos_id = resolve_bos(run_cfg.bos, model_config.model_type, tokenizer)
+    seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config), run_cfg.seqlen_max, bos_id is not None)
     parameters = check_structure(model_config, config, inputs.get("--model folder"))
     check_space(run_cfg, model_config, parameters, "--model file" in inputs)
     tasks, task_plan = plan_zero_shot(run_cfg, data_dir) if run_cfg.eval_zero_shot else (None, None)
     # Read and count the data before paying for the model, so a missing or damaged file fails in seconds.
-    eval_rows = load_wikitext2_rows(run_cfg.eval_split, data_dir)
-    calib_texts = (load_calibration_texts(run_cfg.calib_dataset, data_dir) if needs_calibration(method, config)
-                   else None)
-    tokenizer = load_tokenizer(run_cfg.model, run_cfg.cache_dir)
-    test_ids = wikitext2_ids(eval_rows, tokenizer)
-    eval_source = str(wikitext2_file(run_cfg.eval_split, data_dir) or "hub")
-    count_eval_windows(run_cfg, test_ids, seqlen, eval_source)
-    calib_ids = torch.zeros(0, seqlen, dtype=torch.long)
+    calib_texts = (load_calibration_texts(run_cfg.calib_dataset, data_dir, run_cfg.calib_field)
+                   if needs_calibration(method, config) else None)
+    eval_sets = plan_eval_sets(run_cfg, data_dir, tokenizer, bos_id is not None, seqlen)
+    calib_ids, calib = torch.zeros(0, seqlen, dtype=torch.long), {}
     if calib_texts is not None:
-        local = c4_file(data_dir) if run_cfg.calib_dataset == "c4" else wikitext2_file("train", data_dir)
+        source = calibration_source(run_cfg.calib_dataset, data_dir)
         calib_ids = calibration_windows(run_cfg.calib_dataset, calib_texts, tokenizer, config.nsamples, config.seed,
-                                        seqlen, source=str(local or "hub"))
-    return Plan(method, data_dir, seqlen, test_ids, calib_ids, tasks, task_plan)
+                                        seqlen, source=source, bos_id=bos_id)
+        calib = {"calib_source": source, "calib_sha256": text_sha256(calib_texts)}
+    return Plan(method, data_dir, seqlen, eval_sets, calib_ids, bos_id, calib, tasks, task_plan)
 
 
 def save_outputs(run_cfg: RunConfig, results: dict, store: LayerStore, tokenizer, seconds: dict,
@@ -254,7 +284,7 @@ def save_outputs(run_cfg: RunConfig, results: dict, store: LayerStore, tokenizer
 
 # What makes two runs the same run: an earlier results.json in --save that differs in any is kept apart.
 SAME_RUN = ("model", "prune_method", "sparsity_type", "sparsity_ratio", "seed", "nsamples", "seqlen", "eval_limit",
-            "eval_split", "calib_dataset", "config")
+            "eval_split", "calib_dataset", "bos", "config")
 
 
 def write_results(save: Path, results: dict, text: str) -> None:
@@ -273,25 +303,52 @@ def write_results(save: Path, results: dict, text: str) -> None:
     print(f"wrote {save / 'results.json'}")
 
 
-def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: str, seconds: dict) -> float:
-    """The 'dense' or 'pruned' WikiText-2 perplexity, timed and printed; layers onloaded as the forward goes.
+def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: str, seconds: dict) -> dict[str, float]:
+    """The 'dense' or 'pruned' perplexity of every --eval_dataset, timed and printed; layers onloaded as the
+    forward goes.
 
     NaN means broken activations, so the first linear that outputs NaN/inf is named. inf alone is a result (a
     destroyed model's loss overflows exp) and is recorded, as null, in results.json.
     """
     PROGRESS.phase = f"{which} evaluation"
     t = time.time()
+    ppls = {}
     with store.streaming():
-        ppl = eval_ppl(model, plan.test_ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size)
-        if math.isnan(ppl):
-            locate_non_finite(model, find_decoder_layers(model), plan.test_ids[:, :plan.seqlen])
-            raise RunError(f"{which} perplexity is NaN although every linear's output is finite on the first "
-                              "window; try --dtype float32")
+        for name, eval_set in plan.eval_sets.items():
+            ppl = eval_ppl(model, eval_set.ids, plan.seqlen, run_cfg.eval_limit, run_cfg.eval_batch_size, plan.bos_id)
+            if math.isnan(ppl):
+                locate_non_finite(model, find_decoder_layers(model), eval_set.ids[:, :plan.seqlen])
+                raise RunError(f"{which} perplexity is NaN although every linear's output is finite on the first "
+                               "window; try --dtype float32")
+            label = f"wikitext2 {run_cfg.eval_split}" if name == "wikitext2" else name
+            print(f"{which} perplexity ({label}): {ppl:.4f}")
+            if which == "dense":
+                check_dense_perplexity(ppl, getattr(model.config.get_text_config(), "vocab_size", None))
+            ppls[name] = ppl
     seconds[f"eval_{which}"] = time.time() - t
-    print(f"{which} perplexity (wikitext2 {run_cfg.eval_split}): {ppl:.4f}")
-    if which == "dense":
-        check_dense_perplexity(ppl, getattr(model.config.get_text_config(), "vocab_size", None))
-    return ppl
+    return ppls
+
+
+def results_record(run_cfg: RunConfig, config: PruneConfig, plan: Plan, model, sparsity: float, per_layer: list,
+                   dense: dict[str, float] | None, pruned: dict[str, float]) -> dict:
+    """results.json's content before the add-ons' extras and the run's bookkeeping (save_outputs adds those).
+
+    ppl_dense / ppl_pruned are the first --eval_dataset's (WikiText-2 by default); "eval_datasets" holds every
+    entry's source, content hash and both perplexities.
+    """
+    first = next(iter(plan.eval_sets))
+    evals = {name: {"source": s.source, "sha256": s.sha256, "ppl_dense": dense[name] if dense else None,
+                    "ppl_pruned": pruned[name]} for name, s in plan.eval_sets.items()}
+    return {
+        "model": run_cfg.model, "protocol": run_cfg.protocol, "prune_method": config.prune_method,
+        "sparsity_type": config.sparsity_type, "sparsity_ratio": config.sparsity_ratio,
+        "measured_sparsity": sparsity, "layer_sparsity": per_layer,
+        "ppl_dense": dense[first] if dense else None, "ppl_pruned": pruned[first], "eval_split": run_cfg.eval_split,
+        "eval_datasets": evals, "calib_dataset": run_cfg.calib_dataset, **plan.calib, "seed": config.seed,
+        "nsamples": config.nsamples, "seqlen": plan.seqlen, "bos": "never" if plan.bos_id is None else "always",
+        "bos_setting": run_cfg.bos, "eval_limit": run_cfg.eval_limit,
+        "parameters": sum(p.numel() for p in model.parameters()), "config": config.to_dict(),
+    }
 
 
 def prune(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, config: PruneConfig,
@@ -335,19 +392,12 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
           f"{seconds['load']:.1f}s; seqlen {plan.seqlen}, dtype {next(model.parameters()).dtype}, device "
           f"{store.device}, offload {store.mode}, device_map {run_cfg.device_map or 'none'}")
 
-    ppl_dense = None if run_cfg.no_dense_eval else evaluate(model, store, plan, run_cfg, "dense", seconds)
+    dense = None if run_cfg.no_dense_eval else evaluate(model, store, plan, run_cfg, "dense", seconds)
 
     report, sparsity, per_layer = prune(model, store, plan, run_cfg, config, seconds)
-    ppl_pruned = evaluate(model, store, plan, run_cfg, "pruned", seconds)
+    pruned = evaluate(model, store, plan, run_cfg, "pruned", seconds)
 
-    results = {
-        "model": run_cfg.model, "protocol": run_cfg.protocol, "prune_method": config.prune_method, "sparsity_type": config.sparsity_type,
-        "sparsity_ratio": config.sparsity_ratio, "measured_sparsity": sparsity, "layer_sparsity": per_layer,
-        "ppl_dense": ppl_dense, "ppl_pruned": ppl_pruned, "eval_split": run_cfg.eval_split,
-        "calib_dataset": run_cfg.calib_dataset, "seed": config.seed, "nsamples": config.nsamples,
-        "seqlen": plan.seqlen, "eval_limit": run_cfg.eval_limit, "parameters": sum(p.numel() for p in model.parameters()),
-        "config": config.to_dict(),
-    }
+    results = results_record(run_cfg, config, plan, model, sparsity, per_layer, dense, pruned)
     if plan.tasks:
         from lib.zeroshot import eval_zero_shot, format_zero_shot_table
 

@@ -23,8 +23,12 @@ from lib.errors import ConfigError
 from lib.protocols import PROTOCOLS
 
 CALIB_DATASETS = ("c4", "wikitext2")
+EVAL_DATASETS = ("wikitext2", "c4")
+TEXT_FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+HUB_PREFIX = "hf:"
 DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
 OFFLOAD_MODES = ("auto", "none", "cpu", "disk")
+BOS_MODES = ("auto", "always", "never")
 # A factor of 10 (the default clips) to a power beyond 10 is beyond float16, and beyond 38 beyond float32: the
 # scores become inf or 0 and the mask is arbitrary. The bound of every exponent setting.
 MAX_EXPONENT = 10
@@ -85,6 +89,33 @@ def suggest(name: str, choices: list[str]) -> str:
     """' (did you mean X?)' for the closest choice, or ''."""
     close = difflib.get_close_matches(name, choices, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def text_kind(spec: str, flag: str, named: tuple[str, ...]) -> str:
+    """What a --calib_dataset / --eval_dataset entry names: 'named' (one of `named`), 'file' or 'hub'."""
+    if spec in named:
+        return "named"
+    if spec.startswith(HUB_PREFIX):
+        name = parse_hub_spec(spec, "train")[0]
+        if name:
+            return "hub"
+    elif spec.lower().endswith(TEXT_FILE_SUFFIXES):
+        return "file"
+    raise ConfigError(f"{flag} '{spec}' is not one of {list(named)}, a {'/'.join(TEXT_FILE_SUFFIXES)} file, or a "
+                      f"Hugging Face dataset {HUB_PREFIX}NAME[:CONFIG][@SPLIT]")
+
+
+def has_fields(spec: str, flag: str, named: tuple[str, ...]) -> bool:
+    """Whether the entry's documents are a field or column of rows (.jsonl, .jsonl.gz, .parquet, hub dataset)."""
+    kind = text_kind(spec, flag, named)
+    return kind == "hub" or (kind == "file" and not spec.lower().endswith(".txt"))
+
+
+def parse_hub_spec(spec: str, default_split: str) -> tuple[str, str | None, str]:
+    """'hf:NAME[:CONFIG][@SPLIT]' -> (NAME, CONFIG or None, SPLIT or default_split)."""
+    rest, _, split = spec[len(HUB_PREFIX):].partition("@")
+    name, _, config = rest.partition(":")
+    return name, config or None, split or default_split
 
 
 def check_finite(config: Any) -> None:
@@ -274,11 +305,27 @@ class RunConfig:
                                        "maximum))", group="data")
     seqlen_max: bool = setting(False, "windows as long as the model's maximum context (Wanda's LLaMA-2 protocol: "
                                       "4096); instead of --seqlen", group="data")
-    calib_dataset: str = setting("c4", f"calibration text, one of {list(CALIB_DATASETS)} (default c4)",
-                                 group="data", choices=CALIB_DATASETS)
+    calib_dataset: str = setting("c4", "calibration text: c4 (default, as Wanda), wikitext2 (train split), a local "
+                                       ".txt (documents separated by blank lines), .jsonl, .jsonl.gz or .parquet file "
+                                       "(one document per row, field --calib_field), or a Hugging Face dataset "
+                                       "hf:NAME[:CONFIG][@SPLIT] (split default train); windows drawn as from C4",
+                                 group="data")
+    calib_field: str = setting("text", "the field (.jsonl) or column (.parquet, hub dataset) holding the text of "
+                                       "--calib_dataset (default text)", group="data")
+    bos: str = setting("auto", "BOS token in front of every calibration and evaluation window: always, never "
+                               "(Wanda's protocol: the text tokenised once, so only its first window starts with "
+                               "the tokenizer's BOS), auto (default): always for Gemma-family models (trained with "
+                               "BOS at every input's start), else never", group="data", choices=BOS_MODES)
     data_dir: str | None = setting(None, "local data folder like ../shared/data (else $WANDA_DATA_DIR, else the "
                                          "Hugging Face hub)", group="data")
     eval_limit: int | None = setting(None, "evaluate only the first N windows (default all)", group="evaluation")
+    eval_dataset: str = setting("wikitext2", "comma-separated perplexity texts, each reported: wikitext2 (default, "
+                                             "split --eval_split), c4 (held-out validation documents as SparseGPT "
+                                             "reports: 1100 documents joined, at most 256 windows), a local file or "
+                                             "hf:NAME[:CONFIG][@SPLIT] (split default test) as for --calib_dataset; "
+                                             "ppl_dense/ppl_pruned are the first's", group="evaluation")
+    eval_field: str = setting("text", "the field or column holding the text of --eval_dataset files and hub "
+                                      "datasets (default text)", group="evaluation")
     eval_split: str = setting("test", "WikiText-2 split to evaluate", group="evaluation",
                               choices=("test", "validation"))
     eval_batch_size: int = setting(1, "windows per forward in the perplexity loop", group="evaluation")
@@ -308,8 +355,19 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} {value} must be a positive integer")
-        for name in ("calib_dataset", "eval_split"):
+        for name in ("eval_split", "bos"):
             check_choice(self, name)
+        if not self.eval_list():
+            raise ConfigError(f"eval_dataset '{self.eval_dataset}' names no dataset; pass comma-separated names, "
+                              "e.g. wikitext2,c4")
+        for flag, specs, named in (("calib_dataset", [self.calib_dataset], CALIB_DATASETS),
+                                   ("eval_dataset", self.eval_list(), EVAL_DATASETS)):
+            field_name = flag.replace("dataset", "field")
+            fielded = [has_fields(spec, flag, named) for spec in specs]  # each spec checked here
+            if getattr(self, field_name) != "text" and not any(fielded):
+                raise ConfigError(f"{field_name} '{getattr(self, field_name)}' has no effect: {flag} "
+                                  f"'{getattr(self, flag)}' has no fields (.jsonl, .jsonl.gz, .parquet files and hub "
+                                  "datasets have)")
         if self.protocol is not None:
             check_choice(self, "protocol")
         if self.device_map not in (None, "auto"):
@@ -324,6 +382,10 @@ class RunConfig:
         if self.tasks is not None and not self.task_list():
             raise ConfigError(f"tasks '{self.tasks}' names no task; pass comma-separated lm-eval task names, e.g. "
                               "piqa,boolq")
+
+    def eval_list(self) -> list[str]:
+        """The comma-separated --eval_dataset as a list, each named once, in order."""
+        return list(dict.fromkeys(d.strip() for d in self.eval_dataset.split(",") if d.strip()))
 
     def task_list(self) -> list[str]:
         """The comma-separated --tasks as a list ([] when none given)."""

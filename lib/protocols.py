@@ -11,11 +11,13 @@ from typing import Any
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
     # make run: a minute or two on 2 CPU cores for the embedded model.
-    "quick": {"nsamples": 32, "seqlen": 512, "eval_limit": 16, "eval_batch_size": 4},
+    "quick": {"nsamples": 32, "seqlen": 512, "eval_limit": 16, "eval_batch_size": 4, "bos": "auto"},
     # The method comparisons in RESULTS.md: many runs x seeds on a CPU.
-    "experiment": {"nsamples": 16, "seqlen": 256, "eval_limit": 32, "eval_batch_size": 8},
-    # Wanda's paper: 128 C4 windows of min(2048, model maximum) tokens, the whole WikiText-2 test split.
-    "wanda": {"nsamples": 128, "seqlen": None, "eval_limit": None, "calib_dataset": "c4", "eval_split": "test"},
+    "experiment": {"nsamples": 16, "seqlen": 256, "eval_limit": 32, "eval_batch_size": 8, "bos": "auto"},
+    # Wanda's paper: 128 C4 windows of min(2048, model maximum) tokens, the whole WikiText-2 test split, each
+    # text tokenised once as it is (no BOS per window beyond the tokenizer's own at the start of a text).
+    "wanda": {"nsamples": 128, "seqlen": None, "eval_limit": None, "calib_dataset": "c4", "eval_split": "test",
+              "bos": "never"},
 }
 
 

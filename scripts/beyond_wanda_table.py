@@ -83,10 +83,10 @@ def tables(ppl: dict[tuple[str, str], dict[int, float]]) -> str:
     out += ["", "Best per column (lowest mean perplexity):", ""]
     for c in columns:
         ranked = sorted(((mean_std(list(r.values()))[0], cfg) for (col, cfg), r in ppl.items() if col == c))
-        (best_mean, best), (_, second) = ranked[0], ranked[1]
+        (best_mean, best), second = ranked[0], ranked[1][1] if len(ranked) > 1 else ranked[0][1]  # one run so far
         vs = [f"vs {other}: {change_cell(ppl[(c, best)], ppl[(c, other)])}" for other in dict.fromkeys(
             ["wanda", second]) if other != best]
-        out.append(f"- {COLUMNS[c]}: **{best}** {best_mean:.2f}; " + "; ".join(vs))
+        out.append(f"- {COLUMNS[c]}: **{best}** {best_mean:.2f}; " + ("; ".join(vs) or "the only configuration run"))
     seeds = sorted({s for r in ppl.values() for s in r})
     out += ["", "Every run (ppl_pruned as results.json holds it):", "",
             "| column | configuration | " + " | ".join(f"seed {s}" for s in seeds) + " |",

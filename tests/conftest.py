@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -62,18 +63,41 @@ def fabricate_text(n_words: int, seed: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
-def make_tokenizer():
-    """A small word-level tokenizer (vocab < 128) built in-process, wrapped for transformers."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+BOS_ID = 6  # make_tokenizer(bos=True)'s BOS
+
+
+def make_tokenizer(bos: bool = False, bos_token: str | None = "<bos>"):
+    """A small word-level tokenizer (vocab < 128) built in-process, wrapped for transformers. bos: it puts
+    '<bos>' (BOS_ID) in front of every text, as Llama and Gemma tokenizers do; else it adds nothing, though it
+    names bos_token (as GPT-NeoX's; None: no BOS token, as Qwen's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<unk>": 0, "<eos>": 1, "\n": 2, "=": 3, ".": 4, ",": 5}
+    vocab = {"<unk>": 0, "<eos>": 1, "\n": 2, "=": 3, ".": 4, ",": 5, "<bos>": BOS_ID}
     for word in WORDS:
         vocab.setdefault(word, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"),
                                                  pre_tokenizers.WhitespaceSplit()])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+    if not bos:
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", bos_token=bos_token)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS_ID)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", bos_token="<bos>")
+
+
+def direct_ppl(model, stream: list[int], seqlen: int, nwindows: int, bos_id: int | None) -> float:
+    """The oracle: each window of seqlen stream tokens scored on its own (batch 1, float64 log-softmax), BOS in
+    front when bos_id is given; targets are the window's tokens 2..seqlen either way; exp of their mean NLL."""
+    nll, count = 0.0, 0
+    for w in range(nwindows):
+        window = stream[w * seqlen:(w + 1) * seqlen]
+        inputs = ([bos_id] if bos_id is not None else []) + window
+        logp = torch.log_softmax(model(torch.tensor([inputs])).logits[0].double(), dim=-1)
+        first = len(inputs) - seqlen  # the position that sees the window's first token
+        for k in range(1, seqlen):
+            nll -= logp[first + k - 1, window[k]].item()
+            count += 1
+    return math.exp(nll / count)
 
 
 @pytest.fixture
@@ -111,9 +135,9 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path):
     """Factory: a saved tiny model + tokenizer folder that main.py can load by path."""
-    def build(arch: str = "llama") -> Path:
-        folder = tmp_path / f"tiny-{arch}"
+    def build(arch: str = "llama", bos: bool = False) -> Path:
+        folder = tmp_path / f"tiny-{arch}{'-bos' if bos else ''}"
         make_tiny_model(arch).save_pretrained(folder)
-        make_tokenizer().save_pretrained(folder)
+        make_tokenizer(bos).save_pretrained(folder)
         return folder
     return build

@@ -391,6 +391,9 @@ POST_LOAD_RUNS = {
     "cpu + longest windows": ["--offload", "cpu", "--no_dense_eval", "--seqlen_max"],
     "device_map": ["--device_map", "auto", "--offload", "none"],
     "zero-shot": ["--eval_zero_shot", "--tasks", "tinyqa", "--zs_limit", "2", "--zs_batch_size", "2"],
+    "text files + bos": ["--bos", "always", "--calib_dataset", "DATA/c4/c4-en-train.00000-of-01024.first1000.jsonl.gz",
+                         "--calib_field", "text", "--eval_dataset",
+                         "wikitext2,DATA/c4/c4-en-train.00000-of-01024.first1000.jsonl.gz", "--eval_field", "text"],
 }
 POST_LOAD_BASE = {"--nsamples": "2", "--seqlen": "32", "--eval_limit": "2"}
 
@@ -424,7 +427,7 @@ def test_every_flag_after_loading_finishes_and_records_itself(inputs, post_load_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    extra = [a.replace("OUT", str(tmp_path)) for a in POST_LOAD_RUNS[label]]
+    extra = [a.replace("OUT", str(tmp_path)).replace("DATA", str(post_load_data)) for a in POST_LOAD_RUNS[label]]
     base = {} if "--seqlen_max" in extra else POST_LOAD_BASE
     argv = ["--model", inputs["model"], "--data_dir", post_load_data, "--save", tmp_path / "out",
             *[a for pair in base.items() for a in pair], *extra]
@@ -544,3 +547,64 @@ def test_every_runner_flag_with_odd_values(runner_grid, capsys, flag, kind):
         valid = number is not None and math.isfinite(number) and number >= RUNNER_NUMBERS[flag]
         assert status == (0 if valid else 2), (flag, value, err)
     assert not (runner_grid.parent / "out").exists()  # a dry run writes nothing
+
+
+def text_file_case(root: Path, case: str) -> tuple[list[str], str]:
+    """A damaged or unusable --calib_dataset / --eval_dataset file -> (flags, text the error must name)."""
+    role, _, damage = case.partition(" ")
+    flag = "--calib_dataset" if role == "calib" else "--eval_dataset"
+    if damage == "missing .txt":
+        return [flag, str(root / "nowhere.txt")], str(root / "nowhere.txt")
+    path = root / {"blank .txt": "d.txt", "bad .jsonl": "d.jsonl", "no field .jsonl.gz": "d.jsonl.gz",
+                   "not parquet": "d.parquet", "short .txt": "short.txt", "no column .parquet": "c.parquet"}[damage]
+    if damage == "blank .txt":
+        path.write_text("\n \n\n")
+    elif damage == "bad .jsonl":
+        path.write_text('{"text": "the cat"}\n{"text": \n')
+    elif damage == "no field .jsonl.gz":
+        with gzip.open(path, "wt") as handle:
+            handle.write('{"content": "the cat sat"}\n')
+    elif damage == "not parquet":
+        path.write_text("the cat sat")
+    elif damage == "short .txt":
+        path.write_text("the cat sat on the mat\n\na dog ran\n")
+    elif damage == "no column .parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"content": ["the cat sat"] * 3}), path)
+    return [flag, str(path)], str(path)
+
+
+TEXT_FILE_CASES = [f"{role} {damage}" for role in ("calib", "eval") for damage in (
+    "missing .txt", "blank .txt", "bad .jsonl", "no field .jsonl.gz", "not parquet", "short .txt",
+    "no column .parquet")]
+
+
+@pytest.mark.parametrize("case", TEXT_FILE_CASES)
+def test_unusable_text_files_are_named_before_the_model_loads(inputs, stub_load, capsys, case):
+    argv, named = text_file_case(stub_load, case)
+    code, err = call(main.main, ["--model", inputs["model"], "--data_dir", inputs["data"], *BASE_ARGS, *argv,
+                                 "--save", stub_load / "out"], capsys)
+    # A path that is no file or a column it lacks is bad input (2); a damaged, empty or short file a data failure (3).
+    assert_one_line(code, err, named, status=2 if case.endswith(("missing .txt", "no column .parquet")) else 3)
+    assert not (stub_load / "out").exists()
+
+
+SPEC_CASES = [
+    (["--calib_dataset", "ptb"], "calib_dataset 'ptb' is not one of"),
+    (["--calib_dataset", "notes.csv"], "calib_dataset 'notes.csv' is not one of"),
+    (["--calib_dataset", "hf:"], "calib_dataset 'hf:' is not one of"),
+    (["--eval_dataset", "wikitext2,ptb"], "eval_dataset 'ptb' is not one of"),
+    (["--eval_dataset", ","], "eval_dataset ',' names no dataset"),
+    (["--calib_field", "content"], "calib_field 'content' has no effect"),
+    (["--eval_dataset", "c4", "--eval_field", "content"], "eval_field 'content' has no effect"),
+    (["--bos", "sometimes"], "bos 'sometimes' is not one of"),
+]
+
+
+@pytest.mark.parametrize("extra,message", SPEC_CASES, ids=[" ".join(c[0]) for c in SPEC_CASES])
+def test_text_specs_that_cannot_be_meant_are_refused(inputs, stub_load, capsys, extra, message):
+    code, err = call(main.main, ["--model", inputs["model"], "--data_dir", inputs["data"], *BASE_ARGS, *extra],
+                     capsys)
+    assert_one_line(code, err, message)
