@@ -85,7 +85,7 @@ def admm_system(hessian: torch.Tensor, admm_damp: float = 0.1, rho: float = 1.0)
 
 
 def admm_system_from_stats(stats: dict, admm_damp: float = 0.1, rho: float = 1.0) -> AdmmSystem:
-    """The AdmmSystem of stats['hessian'] (SparseGPT's HessianCollector), built once and cached in stats.
+    """The AdmmSystem of stats['hessian'] (lib.collectors.InputHessian, SparseGPT's), built once and cached in stats.
 
     Linears reading the same input (q/k/v, gate/up) share stats, so they share one system; the Hessian is
     popped (it becomes the system's), as sparsegpt.inverse_hessian_factor does.

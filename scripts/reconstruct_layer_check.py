@@ -31,8 +31,9 @@ sys.path[:0] = [str(REPO)]
 from lib.config import PruneConfig  # noqa: E402
 from lib.data import calibration_windows, load_calibration_texts, resolve_data_dir  # noqa: E402
 from lib.methods import find_method  # noqa: E402
-from lib.methods.sparsegpt import HessianCollector, sparsegpt_reconstruct  # noqa: E402
-from lib.methods.wanda import WrappedGPT, wanda_score  # noqa: E402
+from lib.collectors import InputHessian, InputSquares  # noqa: E402
+from lib.methods.sparsegpt import sparsegpt_reconstruct  # noqa: E402
+from lib.methods.wanda import wanda_score  # noqa: E402
 from lib.models import find_decoder_layers, find_linears, load_model  # noqa: E402
 from lib.prune import calib_batch_size, calibrate, layer_walk  # noqa: E402
 from lib.reconstruct import admm_system, admm_update, gradual_admm, relative_layer_error  # noqa: E402
@@ -102,7 +103,7 @@ def main() -> None:
     n = args.nsamples
     print(f"# {args.model}, dense inputs; calibration: C4 windows 0..{n - 1}, held-out: {n}..{2 * n - 1} "
           f"({args.seqlen} tokens each, seed {args.seed}); ADMM: 20 iterations, damp 0.1, rho 1")
-    collectors = (WrappedGPT, HessianCollector)
+    collectors = (InputSquares, InputHessian)
     for i, layer, inps, kwargs in layer_walk(model, layers, ids, True, batch, None, False, "walk"):
         if i in wanted:
             linears = find_linears(layer)

@@ -13,7 +13,7 @@ import torch
 
 from lib.config import PruneConfig
 from lib.depth_ramp import depth_ramp_limit, depth_ramp_ratios
-from lib.methods.sparsegpt import HessianCollector
+from lib.collectors import InputHessian
 from lib.reconstruct import (admm_system, admm_system_from_stats, admm_update, cubic_fraction, gradual_admm,
                              relative_layer_error, row_objective, scheduled_mask)
 from lib.sparsity import make_mask
@@ -153,7 +153,7 @@ def test_admm_does_not_depend_on_calibration_batching():
     config = PruneConfig()
     results = []
     for cuts in ([6], [1, 3, 2], [2, 2, 2]):
-        collector = HessianCollector(32, config)
+        collector = InputHessian(32, config)
         for chunk in torch.split(X, cuts):
             collector.add_batch(chunk)
         stats = collector.finalize()
