@@ -37,6 +37,9 @@ ACCEPTED = {
     # Exponents of methods this run does not use (wanda); negative ones are meaningful (they invert a factor).
     ("sel_idf_exp", "zero"), ("sel_spiky_exp", "zero"), ("nr_exp", "zero"),
     ("sel_idf_exp", "negative"), ("sel_spiky_exp", "negative"),
+    # ADMM (--reconstruct) and depth-ramp settings of add-ons this run does not use: no damping and a zero step
+    # (uniform ratios) are meaningful, and a huge penalty rho only keeps the weights at the masked original.
+    ("admm_damp", "zero"), ("admm_rho", "huge"), ("ramp_beta", "zero"),
 }
 
 
@@ -274,6 +277,14 @@ OTHER_CASES = [
     (["--sparsity_type", "02:04"], "sparsity_type '02:04' is not understood"),
     (["--seed", "-1"], "seed -1 must be >= 0"),
     (["--seqlen", "200", "--eval_limit", "13"], "eval_limit 13 exceeds the 12 windows"),
+    (["--reconstruct", "admn"], "unknown reconstruct 'admn' (did you mean 'admm'?)"),
+    (["--reconstruct", "admm_gradual", "--admm_prune_steps", "30"],
+     "admm_prune_steps 30 must be at most admm_iterations 20"),
+    (["--prune_method", "sparsegpt", "--reconstruct", "admm"], "'sparsegpt' reconstructs the weights itself"),
+    (["--reconstruct", "admm_gradual", "--refine", "dsnot"], "admm_gradual chooses the mask itself"),
+    # The tiny model has 2 decoder layers: beta <= min(2 * 0.5, 2 * 0.5) / 1, strict on the 1 - S side.
+    (["--layer_ratios", "depth_ramp", "--ramp_beta", "1"], "--ramp_beta: depth-ramp beta 1.0 is outside [0, 1)"),
+    (["--layer_ratios", "depth_ramp", "--sparsity_type", "2:4"], "--layer_ratios depth_ramp gives each layer"),
 ]
 
 

@@ -34,7 +34,7 @@ class AdmmSettings(Settings):
     admm_iterations: int = setting(20, "ADMM iterations per linear (Boza 2024: 20)", bounds="[1, 1000]")
     admm_prune_steps: int = setting(15, "admm_gradual: the first iterations, which re-select the mask on a cubic "
                                         "schedule up to the target; at most admm_iterations (Boza 2024: 15)",
-                                    bounds="positive")
+                                    bounds="[1, 1000]")
     admm_damp: float = setting(0.1, "damping as a fraction of the normalised Hessian's mean diagonal (upstream's "
                                     "percdamp)", bounds="[0, 1]")
     admm_rho: float = setting(1.0, "ADMM's penalty rho (on the normalised problem, unit diagonal)", bounds="> 0")
