@@ -15,6 +15,7 @@ from lib import PruneConfig, prune_model
 from lib.config import ConfigError
 from lib.models import find_decoder_layers, find_linears
 from lib.plugins import find_method
+from lib.prune import needs_calibration
 from test_permute import nm_in_order
 
 
@@ -130,3 +131,12 @@ def test_unsupported_combinations_are_one_line_errors(tmp_path, capsys, extra, m
     assert main.main(["--model", str(tmp_path / "absent"), *extra]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_depth_ramp_default_step_is_half_the_largest_and_needs_no_calibration(tiny_model, calib_ids):
+    # 2 layers at 0.5: beta < min(2 * 0.5, 2 * 0.5) / 1 = 1, so the default is 0.5 and the ratios 0.25, 0.75.
+    config = PruneConfig(prune_method="magnitude", layer_ratios="depth_ramp")
+    assert not needs_calibration(find_method(config), config)
+    report = prune_model(tiny_model("llama"), calib_ids, config)
+    assert report.results() == {"layer_ratios": [0.25, 0.75], "ramp_beta": 0.5}
+    assert report.layer_sparsity == pytest.approx([0.25, 0.75], abs=1 / 64)
