@@ -30,7 +30,6 @@ sys.path[:0] = [str(REPO)]
 
 from lib.config import PruneConfig  # noqa: E402
 from lib.data import calibration_windows, load_calibration_texts, resolve_data_dir  # noqa: E402
-from lib.methods import find_method  # noqa: E402
 from lib.collectors import InputHessian, InputSquares  # noqa: E402
 from lib.methods.sparsegpt import sparsegpt_reconstruct  # noqa: E402
 from lib.methods.wanda import wanda_score  # noqa: E402
@@ -94,7 +93,6 @@ def main() -> None:
     wanted = sorted({int(i) for i in args.layers.split(",")})
     torch.manual_seed(0)
     config = PruneConfig(prune_method="wanda", nsamples=args.nsamples, seed=args.seed)
-    method = find_method(config)
     model, tokenizer = load_model(args.model, dtype=torch.float32, device="cpu")
     ids = calibration_windows("c4", load_calibration_texts("c4", resolve_data_dir(None)), tokenizer,
                               2 * args.nsamples, args.seed, args.seqlen)
@@ -107,8 +105,8 @@ def main() -> None:
     for i, layer, inps, kwargs in layer_walk(model, layers, ids, True, batch, None, False, "walk"):
         if i in wanted:
             linears = find_linears(layer)
-            calib = calibrate(layer, linears, inps[:n], kwargs, ids[:n], method, config, {}, batch, collectors)
-            held = calibrate(layer, linears, inps[n:], kwargs, ids[n:], method, config, {}, batch, collectors)
+            calib = calibrate(layer, linears, inps[:n], kwargs, ids[:n], collectors, config, {}, batch)
+            held = calibrate(layer, linears, inps[n:], kwargs, ids[n:], collectors, config, {}, batch)
             layer_table(i, linears, calib, held, args.nsamples, args.seed)
         if i >= wanted[-1]:
             break
