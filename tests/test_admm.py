@@ -19,7 +19,7 @@ from lib.addons.permute import foldable_mlp
 from lib.collectors import InputHessian
 from lib.config import ConfigError
 from lib.models import find_decoder_layers, find_linears
-from lib.plugins import find_method
+from lib.plugins import METHODS, find_method
 from lib.prune import calibrate, capture_layer_inputs
 from lib.reconstruct import admm_system_from_stats, admm_update
 from test_permute import nm_in_order
@@ -120,3 +120,20 @@ def test_cli_records_the_reconstruction(tiny_model_dir, data_dir, tmp_path):
     assert results["reconstructed_linears"] == 12  # q, k, v, out, fc1, fc2 x 2 layers
     assert {k: results["config"][k] for k in ("reconstruct", "admm_iterations", "admm_damp", "admm_rho")} == \
         {"reconstruct": "admm", "admm_iterations": 5, "admm_damp": 0.1, "admm_rho": 1.0}
+
+
+@pytest.mark.parametrize("reconstruct", ["admm", "admm_gradual"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_score_method_composes(tiny_model, calib_ids, method, reconstruct):
+    config = PruneConfig(prune_method=method, nsamples=8, reconstruct=reconstruct, admm_iterations=4,
+                         admm_prune_steps=3)
+    model = tiny_model("llama")
+    if METHODS[method].score is None:
+        with pytest.raises(ConfigError, match=f"'{method}' reconstructs the weights itself"):
+            prune_model(model, calib_ids, config)
+        return
+    report = prune_model(model, calib_ids, config)
+    assert report.layer_sparsity == pytest.approx([0.5, 0.5], abs=1 / 64)
+    assert report.results()["reconstructed_linears"] == 14
+    with torch.no_grad():
+        assert torch.isfinite(model(calib_ids[:1]).logits).all()
