@@ -1,7 +1,10 @@
 # make run   -- set up .venv if missing, then prune the embedded default model (SmolLM2-135M) 50% with
 #               wanda on the quick protocol and print dense and pruned WikiText-2 perplexity.
 # make test  -- set up .venv if missing, then run the test suite (tiny in-process models, no network).
-# make bench -- the three side-by-side benchmarks in bench/ (tens of minutes on 2 cores; not part of the tests).
+# make bench -- the side-by-side benchmarks in bench/ (tens of minutes on 2 cores; not part of the tests).
+# make grid GRID=experiments/addons.toml [RUN="--executor processes --workers 2"]
+#            -- run a grid's unfinished runs (scripts/experiment.py; README, "Experiments")
+# make report GRID=experiments/addons.toml -- the grid's runs table and comparison report
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,7 +19,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 QUICK := --protocol quick
 
-.PHONY: setup run test bench clean gemma3
+.PHONY: setup run test bench clean gemma3 grid report
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
@@ -38,6 +41,15 @@ bench: $(STAMP)
 	$(PY) bench/bench_methods.py
 	$(PY) bench/bench_selectivity.py
 	$(PY) bench/bench_neuronrank.py
+	$(PY) bench/bench_executors.py
+
+GRID ?= experiments/addons.toml
+RUN ?=
+grid: $(STAMP)
+	$(PY) scripts/experiment.py run $(GRID) $(RUN)
+
+report: $(STAMP)
+	$(PY) scripts/experiment.py report $(GRID)
 
 # Gemma 3 270M (18 layers, sliding-window and full attention, 262k vocabulary), the second architecture: a Q4_K_M
 # GGUF in five packages, ~240 MB, under the Gemma Terms of Use (https://ai.google.dev/gemma/terms). Not needed by

@@ -1,6 +1,6 @@
-"""RESULTS.md's tables from scripts/run_beyond_wanda.py's results: perplexity per configuration and column, the
-paired change vs wanda with a paired t-test, what wanda_spiky adds over wanda under the same add-ons, the best
-configuration per column, and every seed's perplexity.
+"""RESULTS.md's tables from the results of experiments/addons.toml (and addons_gemma3, owl_sweep): perplexity per
+configuration and column, the paired change vs wanda with a paired t-test, what wanda_spiky adds over wanda under
+the same add-ons, the best configuration per column, and every seed's perplexity.
 
     .venv/bin/python scripts/beyond_wanda_table.py [RESULTS_DIR]      (default results/beyond_wanda)
 

@@ -21,12 +21,14 @@ import argparse
 import itertools
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import finished  # scripts/finished.py
 import report  # scripts/report.py, beside this file (a script's folder is on sys.path)
+from lib.experiments.execute import INTERRUPTED, Signals
+from lib.experiments.resume import why_unfinished
 
 REPO = Path(__file__).resolve().parent.parent
 # Grid axis -> main.py flag. The defaults below include PruneConfig's defaults (0.6, 0.9, 1, 1).
@@ -87,8 +89,8 @@ class Runner:
         """The run's folder; results.json is there unless the run failed (recorded in self.failed)."""
         folder = self.root / split / method / (slug(point) if point else "") / f"seed{seed}"
         folder = Path(os.path.normpath(folder))
-        why = finished.why_unfinished(folder / "results.json", {"model": self.args.model, "prune_method": method,
-                                                                "seed": str(seed), "eval_split": split})
+        why = why_unfinished(folder / "results.json", {"model": self.args.model, "prune_method": method,
+                                                       "seed": seed, "eval_split": split})
         if why is None:
             print(f"skip {folder.relative_to(self.root)}: results.json is finished", flush=True)
             return folder
@@ -106,14 +108,30 @@ class Runner:
         with open(folder / "run.log", "w") as log:
             log.write("$ " + shlex.join(command) + "\n")
             log.flush()
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-        if code == 130:  # main.py was interrupted (Ctrl-C): stop the sweep, a rerun resumes it
+            code = run_child(command, log)
+        if code in INTERRUPTED:  # main.py was interrupted (Ctrl-C, SIGTERM): stop the sweep, a rerun resumes it
             print(f"interrupted {folder.relative_to(self.root)}: sweep stopped (rerun to resume)", file=sys.stderr)
-            raise SystemExit(130)
+            raise SystemExit(Signals.status() if Signals.terminated else code)
         if code != 0 or not (folder / "results.json").is_file():
             print(f"FAILED {folder.relative_to(self.root)} (exit {code}); see {folder / 'run.log'}", file=sys.stderr)
             self.failed.append(str(folder.relative_to(self.root)))
         return folder
+
+
+def run_child(command: list[str], log) -> int:
+    """main.py as a child process -> its exit status. Ctrl-C reaches it with the terminal's process group; a SIGTERM
+    to this process is passed on to it, and either way it is waited for (it removes what it had half-written)."""
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        if Signals.terminated:
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
 
 
 def mean_ppl(folders: list[Path]) -> tuple[dict[int, float], float]:
@@ -172,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     test_wanda = [runner.run("test", "wanda", None, s, dense=(i == 0)) for i, s in enumerate(args.test_seeds)]
     test_best = [runner.run("test", args.method, best_point, s, dense=False) for s in args.test_seeds]
     test_files = [f / "results.json" for f in test_wanda + test_best if (f / "results.json").is_file()]
-    rows = []
+    rows = None
     if test_files:
         test_runs = report.load_runs(test_files)
-        rows = report.summarise(test_runs, defaults=report.config_defaults())
+        rows = report.summarise(report.runs_table(test_runs, report.config_defaults()))
         report.main([str(f) for f in test_files] + ["--out", str(root / "test_report")])
 
     write_summary(root / "summary.md", args, grid, order, val_by_seed, wanda_val_by_seed, best, rows, runner.failed)
@@ -189,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_summary(path: Path, args: argparse.Namespace, grid: list[dict], order: list[str],
                   val_by_seed: dict[str, tuple[dict[int, float], float]], wanda_val_by_seed: dict[int, float],
-                  best: str, test_rows: list, failed: list[str]) -> None:
+                  best: str, test_rows, failed: list[str]) -> None:
     """summary.md: how it was run, the validation ranking, the selection, and the test comparison."""
     a = args
     lines = [f"# Selectivity sweep: {a.method} on {a.model}, {a.sparsity_ratio:g} {a.sparsity_type}", "",
@@ -213,10 +231,10 @@ def write_summary(path: Path, args: argparse.Namespace, grid: list[dict], order:
     lines += ["", f"wanda on validation: {wanda_mean:.3f}", "",
               f"Selected: **{best}** ({', '.join(f'{AXES[k][2:]}={v:g}' for k, v in grid[order.index(best)].items())}).",
               "", "## Test (selected setting vs wanda)", ""]
-    if test_rows:
+    if test_rows is not None:
         lines += ["| method | setting | seeds | perplexity | Δ vs wanda % |", "|---|---|---|---|---|"]
-        for row in test_rows:
-            lines.append(f"| {row.key.method} | {row.key.setting or 'default'} | {','.join(map(str, row.seeds))} | "
+        for _, row in test_rows.iterrows():
+            lines.append(f"| {row['method']} | {row['setting'] or 'default'} | {','.join(map(str, row['seeds']))} | "
                          f"{report.format_ppl(row)} | {report.format_change(row, 'wanda')} |")
         lines += ["", "Full test report: test_report/report.md."]
     else:
@@ -227,8 +245,9 @@ def write_summary(path: Path, args: argparse.Namespace, grid: list[dict], order:
 
 
 if __name__ == "__main__":
+    Signals.install()  # SIGTERM (Slurm's preemption and time limit) stops the sweep like Ctrl-C, exit 143
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # Ctrl-C reaches this process and the current main.py together
         print("\ninterrupted: sweep stopped (rerun to resume)", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(Signals.status())

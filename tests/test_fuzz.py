@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -372,3 +373,47 @@ def test_every_evaluate_flag_refuses_what_cannot_be_meant(lora_inputs, stub_load
     else:
         assert_one_line(code, err, value)
     assert snapshot(lora_inputs["root"]) == before and not (stub_load / "eval.json").exists()
+
+
+# ---------------------------------------------------------------- the experiment runner's flags
+
+
+RUNNER_NUMBERS = {"--workers": 1, "--time": 1, "--gpus_per_task": 0, "--cpus_per_task": 1, "--mem_gb": 0.001,
+                  "--array_parallelism": 1, "--seeds": 0}  # flag -> least accepted value
+
+
+@pytest.fixture(scope="module")
+def runner_grid(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("grid") / "g.toml"
+    path.write_text(f'protocol = "quick"\nmodels = ["m"]\nseeds = [0]\nresults_dir = "{path.parent / "out"}"\n'
+                    '[[block]]\naxes = { prune_method = ["wanda"] }\n')
+    return path
+
+
+def runner_flags() -> list[str]:
+    import experiment
+
+    run = experiment.build_parser()._subparsers._group_actions[0].choices["run"]
+    return sorted(a.option_strings[-1] for a in run._actions if a.option_strings and a.nargs != 0
+                  and a.option_strings[-1] != "--help")
+
+
+@pytest.mark.parametrize("kind", sorted(VALUES))
+@pytest.mark.parametrize("flag", runner_flags())
+def test_every_runner_flag_with_odd_values(runner_grid, capsys, flag, kind):
+    import experiment
+
+    value = VALUES[kind]
+    try:
+        status = experiment.main(["run", str(runner_grid), flag, value, "--dry_run"])
+    except SystemExit as done:  # argparse's one-line error
+        status = done.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and status in (0, 2), (status, err)
+    if status == 2:
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    if flag in RUNNER_NUMBERS:
+        number = float(value) if kind != "text" else None
+        valid = number is not None and math.isfinite(number) and number >= RUNNER_NUMBERS[flag]
+        assert status == (0 if valid else 2), (flag, value, err)
+    assert not (runner_grid.parent / "out").exists()  # a dry run writes nothing

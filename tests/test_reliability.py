@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -131,80 +130,6 @@ def test_ctrl_c_is_one_line_exit_130_and_nothing_written(tiny_model_dir, data_di
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == "interrupted during dense evaluation; nothing written"
     assert not out.exists() and not (tmp_path / "m").exists()
-
-
-FAKE_PYTHON = """#!{python}
-# Stands in for the venv python in batch-script tests: runs scripts/finished.py for real, fakes main.py.
-import json, os, sys, time
-if not sys.argv[1].endswith("main.py"):
-    os.execv({python!r}, [{python!r}, *sys.argv[1:]])
-argv, args = sys.argv[2:], {{}}
-while argv:
-    flag = argv.pop(0)
-    args[flag] = argv.pop(0) if argv and not argv[0].startswith("--") else True
-with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(args["--prune_method"] + "\\n")
-if os.environ.get("FAKE_SLEEP"):
-    try:
-        open(os.environ["FAKE_SLEEP"], "w").close()
-        time.sleep(60)
-    except KeyboardInterrupt:
-        print("interrupted during pruning; nothing written", file=sys.stderr)
-        sys.exit(130)
-results = {{"model": args["--model"], "prune_method": args["--prune_method"],
-           "sparsity_ratio": float(args["--sparsity_ratio"]), "sparsity_type": args["--sparsity_type"],
-           "seed": int(args["--seed"]), "nsamples": int(args["--nsamples"]), "seqlen": int(args["--seqlen"]),
-           "eval_limit": int(args["--eval_limit"]), "ppl_pruned": 10.0}}
-with open(os.path.join(args["--save"], "results.json"), "w") as f:
-    json.dump(results, f)
-"""
-
-
-@pytest.fixture
-def batch(tmp_path):
-    """Run scripts/run_selectivity_experiments.sh with a fake main.py -> (run(), results dir, log of runs)."""
-    fake = tmp_path / "fake_python"
-    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
-    fake.chmod(0o755)
-    log = tmp_path / "runs.log"
-    env = {**os.environ, "PYTHON": str(fake), "RESULTS_DIR": str(tmp_path / "results"), "FAKE_LOG": str(log),
-           "METHODS": "wanda wanda_idf", "NSAMPLES": "2", "SEQLEN": "32", "EVAL_LIMIT": "2"}
-
-    def run(extra_env: dict | None = None, **kwargs):
-        return subprocess.Popen(["bash", str(REPO / "scripts/run_selectivity_experiments.sh"), "tiny", "0.5",
-                                 "--seeds", "0", "--no-report"], env={**env, **(extra_env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-    return run, tmp_path / "results" / "tiny" / "0.5_unstructured", log
-
-
-def test_batch_reruns_a_damaged_or_foreign_results_json_and_skips_a_finished_one(batch):
-    run, cell, log = batch
-    assert run().wait(timeout=60) == 0
-    assert log.read_text().split() == ["wanda", "wanda_idf"]
-    (cell / "wanda" / "seed0" / "results.json").write_text('{"prune_method": "wan')  # truncated by a kill
-    proc = run()
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0
-    assert "rerun wanda seed 0" in out and "skip wanda_idf seed 0" in out
-    assert log.read_text().split() == ["wanda", "wanda_idf", "wanda"]
-    results = json.loads((cell / "wanda_idf" / "seed0" / "results.json").read_text())
-    (cell / "wanda_idf" / "seed0" / "results.json").write_text(json.dumps({**results, "nsamples": 128}))
-    out, _ = run().communicate(timeout=60)
-    assert "rerun wanda_idf seed 0" in out and "records nsamples=128" in out
-
-
-def test_ctrl_c_stops_the_batch(batch, tmp_path):
-    run, cell, log = batch
-    ready = tmp_path / "ready"
-    proc = run({"FAKE_SLEEP": str(ready)}, start_new_session=True)
-    deadline = time.time() + 30
-    while not ready.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground process group
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert log.read_text().split() == ["wanda"]  # wanda_idf never started
-    assert "batch stopped" in err
 
 
 def test_report_names_an_unreadable_results_json_and_reports_the_rest(tmp_path, capsys):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import report  # scripts/ is on pytest's pythonpath (pyproject.toml)
@@ -58,6 +59,17 @@ def test_paired_change_is_not_the_change_of_means() -> None:
     # -50 % and +100 % average to +25 %; the change of the means, 100 * (22.5 / 15 - 1), would be +50 %.
     mean, _, n = report.paired_change({0: 5.0, 1: 40.0}, {0: 10.0, 1: 20.0})
     assert (mean, n) == (pytest.approx(25.0), 2)
+
+
+def test_paired_t_test_gives_the_old_hand_written_p_values() -> None:
+    # The p-values of the regularised incomplete beta this report computed before it used scipy.stats.ttest_rel
+    # (commit 867b52b, scripts/report.py paired_t_test), for the same per-seed changes.
+    old = {(-1.0, -2.0, -3.0): 0.07417990022744857, (1.0, 3.0): 0.29516723530086636,
+           (-10.0, 0.0, -10.0): 0.1835034190722737, (0.5, -0.2, 1.7, 2.2, -0.4): 0.2136123911149537,
+           (-12.3, -9.8, -11.1): 0.004228005683036401, (3.0, 3.1, 2.9, 3.05): 6.2737302480507985e-06,
+           (100.0, -50.0): 0.7951672353008667}
+    for changes, p in old.items():
+        assert report.paired_t_test(list(changes)) == pytest.approx(p, rel=1e-9), changes
 
 
 def test_paired_t_test_matches_the_closed_forms() -> None:
@@ -186,6 +198,12 @@ while i < len(args):
 method, seed, split = opts["prune_method"], int(opts["seed"]), opts.get("eval_split", "test")
 if "%s/%d" % (method, seed) in os.environ.get("FAKE_FAIL", "").split():
     sys.exit("fake failure")
+if os.environ.get("FAKE_SLEEP"):  # a long run that stops on SIGTERM as main.py does (exit 143)
+    import signal, time
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with open(os.environ["FAKE_SLEEP"], "w") as pid:
+        pid.write(str(os.getpid()))
+    time.sleep(60)
 tau = float(opts.get("sel_tau_percentile", 0.6))
 best_tau = 0.7 if split == "validation" else 0.5  # the test set prefers another setting than validation
 ppl = 20.0 + seed if method == "wanda" else 19.0 + seed + 10 * abs(tau - best_tau)
@@ -217,45 +235,26 @@ def calls(tmp_path: Path) -> list[list[str]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def test_experiment_script_layout_resume_and_failures(tmp_path: Path, fake_python: Path) -> None:
+def test_selectivity_script_is_a_thin_caller_of_the_runner(tmp_path, tiny_model_dir, data_dir):
+    # scripts/run_selectivity_experiments.sh keeps its interface and layout; the runs are the runner's.
     results = tmp_path / "results"
-    env = {**os.environ, "PYTHON": str(fake_python), "RESULTS_DIR": str(results), "NSAMPLES": "4", "SEQLEN": "16",
-           "EVAL_LIMIT": "2"}
-    script = [str(REPO / "scripts/run_selectivity_experiments.sh"), "org/tiny-model", "0.50", "2:4", "--seeds", "0", "1"]
-
+    env = {**os.environ, "RESULTS_DIR": str(results), "NSAMPLES": "4", "SEQLEN": "32", "EVAL_LIMIT": "2",
+           "METHODS": "wanda magnitude", "WANDA_DATA_DIR": str(data_dir), "PYTHON": sys.executable,
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    model = tiny_model_dir("llama")
+    script = [str(REPO / "scripts/run_selectivity_experiments.sh"), str(model), "0.50", "2:4", "--seeds", "0", "1"]
     done = subprocess.run(script, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    cell = results / "tiny-model" / "0.5_2-4"
-    methods = ["wanda", "wanda_idf", "wanda_spiky", "wanda_select"]
-    for method in methods:
+    cell = results / model.name / "0.5_2-4"
+    for method in ("wanda", "magnitude"):
         for seed in (0, 1):
-            assert json.loads((cell / method / f"seed{seed}" / "results.json").read_text())["seed"] == seed
-    first = calls(tmp_path)
-    assert len(first) == 8
-    assert first[0][first[0].index("--sparsity_type") + 1] == "2:4" and "--nsamples" in first[0]
-    assert [("--no_dense_eval" in argv) for argv in first] == [False] + [True] * 7  # dense perplexity once
-    assert "| 0.5 2:4 | wanda_select |" in (cell / "report" / "report.md").read_text()
-
+            run = json.loads((cell / method / f"seed{seed}" / "results.json").read_text())
+            assert (run["seed"], run["sparsity_type"], run["nsamples"], run["protocol"]) == (seed, "2:4", 4, "quick")
+    assert "| 0.5 2:4 | magnitude |" in (cell / "report" / "report.md").read_text()
     done = subprocess.run(script + ["--no-report"], env=env, capture_output=True, text=True)
-    assert done.returncode == 0 and len(calls(tmp_path)) == 8  # everything exists: nothing reruns
-
-    (cell / "wanda_select" / "seed1" / "results.json").unlink()
-    done = subprocess.run(script + ["--no-report"], env=env, capture_output=True, text=True)
-    rerun = calls(tmp_path)[8:]
-    assert done.returncode == 0 and len(rerun) == 1
-    assert rerun[0][rerun[0].index("--prune_method") + 1] == "wanda_select" and rerun[0][rerun[0].index("--seed") + 1] == "1"
-
-    # A failed run leaves no results.json, the batch goes on, the exit status says so, the next call retries it.
-    env_fail = {**env, "METHODS": "wanda", "FAKE_FAIL": "sparsegpt/0"}
-    unstructured = [str(REPO / "scripts/run_selectivity_experiments.sh"), "tiny", "0.5", "--all-methods",
-                    "--seeds", "0", "--no-report"]
-    done = subprocess.run(unstructured, env=env_fail, capture_output=True, text=True)
-    assert done.returncode == 1 and "sparsegpt/seed0" in done.stderr
-    cell = results / "tiny" / "0.5_unstructured"
-    assert sorted(p.parent.parent.name for p in cell.glob("*/seed0/results.json")) == [
-        "magnitude", "neuronrank", "neuronrank_fisher", "wanda"]
-    done = subprocess.run(unstructured, env=env, capture_output=True, text=True)
-    assert done.returncode == 0 and (cell / "sparsegpt" / "seed0" / "results.json").exists()
+    assert done.returncode == 0 and "4 finished, 0 to run" in done.stdout
+    bad = subprocess.run(script[:1] + ["tiny", "0.5", "--sedes"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option '--sedes'" in bad.stderr
 
 
 def test_build_grid_sizes() -> None:
@@ -294,6 +293,29 @@ def test_selectivity_sweep_selects_on_validation_only(tmp_path: Path, fake_pytho
     assert len(calls(tmp_path)) == len(runs)
 
 
+def test_sigterm_stops_the_sweep_and_its_main_py(tmp_path, fake_python):
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    env = {**os.environ, "FAKE_SLEEP": str(pid_file), "PYTHONPATH": str(REPO)}
+    sweep = subprocess.Popen([sys.executable, str(REPO / "scripts/sweep_selectivity.py"), "--model", "tiny", "--python",
+                              str(fake_python), "--results_dir", str(tmp_path / "results"), "--tau_percentile", "0.6",
+                              "--top_quantile", "0.9", "--idf_exp", "1", "--spiky_exp", "1"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    child = int(pid_file.read_text())
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=60)
+    assert sweep.returncode == 143, err
+    assert "Traceback" not in err and "sweep stopped (rerun to resume)" in err
+    with pytest.raises(ProcessLookupError):  # the child main.py was stopped too, not orphaned
+        os.kill(child, 0)
+
+
 def test_beyond_wanda_table_columns_pairs_and_best(tmp_path: Path) -> None:
     import beyond_wanda_table as table
 
@@ -317,3 +339,61 @@ def test_beyond_wanda_table_columns_pairs_and_best(tmp_path: Path) -> None:
     assert "| 50% | ria | 11.0000 | 10.0000 | 15.0000 |" in text
     # wanda_spiky 9, 12, 12.6 against wanda 10, 12, 14: -10, 0, -10 %, t = -2 with 2 d.o.f., p = 0.18.
     assert "| wanda_spiky vs wanda | -6.7 ± 5.8 % n.s. (p=0.18) |" in text
+
+
+def test_a_wrong_or_missing_field_is_named_with_its_file_and_skipped(tmp_path, capsys):
+    # The faults one bad file used to turn into a traceback for the whole report (issue 21): each is named with its
+    # file and field; the good runs are reported; an overflow main.py recorded is a result (inf), not a fault.
+    root = tmp_path / "results"
+    good = [fabricate(root, "wanda", seed, 10.0 + seed) for seed in range(2)]
+    base = json.loads(good[0].read_text())
+    bad = {"null_ppl": {"ppl_pruned": None}, "no_model": {"model": None}, "seed_text": {"seed": "abc"},
+           "ratio_null": {"sparsity_ratio": None}, "nan_text": "NaN"}
+    for name, change in bad.items():
+        path = root / "bad" / name / "results.json"
+        path.parent.mkdir(parents=True)
+        fields = {**base, **change} if isinstance(change, dict) else change
+        text = json.dumps({k: v for k, v in fields.items() if not (name == "no_model" and k == "model")}) \
+            if isinstance(fields, dict) else '{"ppl_pruned": NaN}'
+        path.write_text(text)
+    odd = {"config_list": {"config": ["a"]}, "seconds_text": {"seconds": "x"}, "phase_text": {"seconds": {"prune": "x"}}}
+    for i, (name, change) in enumerate(odd.items()):
+        path = root / "odd" / name / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({**base, **change, "seed": 10 + i}))
+    overflow = root / "overflow" / "results.json"
+    overflow.parent.mkdir(parents=True)
+    overflow.write_text(json.dumps({**base, "prune_method": "magnitude", "ppl_pruned": None,
+                                    "non_finite": ["ppl_pruned"]}))
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    expected = {"null_ppl": "'ppl_pruned' is null but not listed under 'non_finite'", "no_model": "'model' is missing",
+                "seed_text": "'seed' is \"abc\", not an integer", "ratio_null": "'sparsity_ratio' is null, not a number",
+                "nan_text": "is not valid JSON"}
+    for name, message in expected.items():
+        line = next(l for l in err.splitlines() if f"/bad/{name}/results.json" in l)
+        assert line.startswith("warning: skipping ") and message in line, line
+    for name, message in (("config_list", "'config' is [\"a\"], not a table; left blank"),
+                          ("seconds_text", "'seconds' is \"x\", not a table; left blank"),
+                          ("phase_text", "'seconds.prune' is \"x\", not a number; left blank")):
+        assert any(f"/odd/{name}/results.json: {message}" in l for l in err.splitlines()), name
+    assert "Traceback" not in err
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == 6 and sorted(runs["seed"]) == [0, 0, 1, 10, 11, 12]
+    assert runs.loc[runs["method"] == "magnitude", "ppl_pruned"].item() == math.inf
+    assert "| magnitude | default | 0 | inf (overflowed) |" in (out / "report.md").read_text()
+    assert "untested (perplexity overflowed)" in (out / "report.md").read_text()
+
+
+def test_runs_table_is_one_row_per_run_with_settings_metrics_and_timings(fabricated, tmp_path):
+    out = tmp_path / "report"
+    assert report.main([str(fabricated), "--out", str(out)]) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 14 and pd.read_parquet(out / "runs.parquet").shape == runs.shape
+    row = runs[(runs["method"] == "wanda") & (runs["seed"] == 2) & (runs["sparsity_ratio"] == 0.5)
+               & (runs["sparsity_type"] == "unstructured")].iloc[0]
+    assert (row["ppl_pruned"], row["seconds_prune"], row["seconds_total"], row["peak_rss_mb"]) == (14.0, 7.0, 120.0,
+                                                                                                  1100.0)
+    assert (row["nsamples"], row["seqlen"], row["eval_limit"], row["eval_split"]) == (32, 128, 4, "test")
+    assert runs.loc[runs["setting"] == "sel_tau_percentile=0.7", "method"].tolist() == ["wanda_select"]

@@ -1,6 +1,6 @@
 """Summarise the --save_stats selectivity statistics of one results.json per linear kind (not a benchmark).
 
-    python scripts/selectivity_stats.py out/sel/wanda_select_0.5_unstructured_s0/results.json
+    python scripts/investigations/selectivity_stats.py out/sel/wanda_select_0.5_unstructured_s0/results.json
 
 One row per linear kind (q_proj, o_proj, gate_proj, down_proj, or OPT's names): channels, IDF-0 channels and
 never-active channels summed over layers, and the median over layers of the p10 / p50 / p90 of IDF and of R.

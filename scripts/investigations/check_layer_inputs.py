@@ -1,6 +1,6 @@
 """Does the driver feed every decoder layer what the model's own forward feeds it? (a check on a real model)
 
-    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/check_layer_inputs.py --model gemma3-270m --seqlen 600
+    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/investigations/check_layer_inputs.py --model gemma3-270m --seqlen 600
 
 Propagates WikiText-2 test windows layer by layer exactly as the pruning driver does (capture, then each layer
 with its own recorded arguments) and compares every layer's output with the same layer's output inside the

@@ -1,9 +1,9 @@
 """Controls for OWL (RESULTS.md): is its gain the outlier signal, or any spread of per-layer sparsities?
 
-    .venv/bin/python scripts/owl_control.py --control shuffled|reversed [--seeds 0 1 2] [--ratio 0.7] \
+    .venv/bin/python scripts/investigations/owl_control.py --control shuffled|reversed [--seeds 0 1 2] [--ratio 0.7] \
         [--results_dir results/owl_control]
 
-Runs `main.py --prune_method wanda --layer_ratios owl` (run_beyond_wanda.py's protocol) with OWL's per-layer
+Runs `main.py --prune_method wanda --layer_ratios owl` (experiments/addons.toml's protocol and settings) with OWL's per-layer
 ratios replaced after they are computed: 'shuffled' permutes them across layers (torch.Generator seeded with the
 run's seed + 1000), 'reversed' mirrors them around the target (2 * target - ratio_l: layers with more outliers
 pruned more). Mean and spread stay OWL's; only which layer gets which ratio changes. results.json holds the ratios
@@ -20,7 +20,11 @@ import torch
 
 import main
 from lib.addons import owl
-from run_beyond_wanda import PROTOCOL, REPO
+from lib.experiments.execute import INTERRUPTED, Signals
+from lib.experiments.resume import why_unfinished
+
+REPO = Path(__file__).resolve().parents[2]
+PROTOCOL = ["--protocol", "experiment", "--no_dense_eval"]  # as experiments/addons.toml
 
 
 OWL_RATIOS = owl.owl_ratios  # the real one, kept before any patch (patches must not stack over seeds)
@@ -48,13 +52,18 @@ def main_cli() -> int:
     status = 0
     for seed in args.seeds:
         out = args.results_dir / f"u{args.ratio[2]}0_wanda_owl_{args.control}" / f"seed{seed}"
-        if (out / "results.json").exists():
+        if why_unfinished(out / "results.json", {"model": args.model, "prune_method": "wanda", "seed": seed,
+                                                 "sparsity_ratio": float(args.ratio), "layer_ratios": "owl"}) is None:
             continue
         owl.owl_ratios = patched(args.control, seed)
         argv = ["--model", args.model, *PROTOCOL, "--prune_method", "wanda", "--sparsity_ratio", args.ratio,
                 "--layer_ratios", "owl", "--seed", str(seed), "--save", str(out)]
         sys.argv = ["owl_control.py", "--control", args.control, *argv]
-        status = max(status, main.main(argv))
+        Signals.install()  # SIGTERM stops the run like Ctrl-C (exit 143)
+        code = main.main(argv)
+        if code in INTERRUPTED:
+            return Signals.status()
+        status = max(status, code)
     return status
 
 

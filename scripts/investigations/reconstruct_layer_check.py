@@ -1,7 +1,7 @@
 """Can "wanda mask + weight reconstruction" beat SparseGPT on one real layer's objective? (issue 20, RESULTS.md)
 
-    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/reconstruct_layer_check.py
-    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/reconstruct_layer_check.py --layers 2,15,28
+    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/investigations/reconstruct_layer_check.py
+    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/investigations/reconstruct_layer_check.py --layers 2,15,28
 
 Walks the dense smollm2-135m (no layer is pruned, so every method sees the same inputs X) over 2 x --nsamples
 C4 windows of --seqlen tokens drawn with --seed: the first --nsamples are the calibration set (the experiment
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO)]
 
 from lib.config import PruneConfig  # noqa: E402

@@ -1,7 +1,7 @@
 """Does --refine dsnot lower one real layer's reconstruction error? (DSnoT's regression on smollm2-135m, RESULTS.md)
 
-    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/dsnot_layer_check.py --layer 2
-    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/dsnot_layer_check.py --layer 2 --sparsity_type 2:4
+    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/investigations/dsnot_layer_check.py --layer 2
+    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/investigations/dsnot_layer_check.py --layer 2 --sparsity_type 2:4
 
 Walks smollm2-135m as the experiment protocol's `--refine dsnot` run does (C4 calibration, --nsamples 16
 --seqlen 256, seed 0; layers before --layer pruned with wanda + DSnoT at the defaults, so the chosen layer sees
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from lib.config import PruneConfig  # noqa: E402

@@ -1,6 +1,6 @@
 """OWL's layer ratios on a real model against an independent computation, and what they look like (RESULTS.md).
 
-    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/owl_check.py results/beyond_wanda/u70_wanda_owl/seed0
+    WANDA_DATA_DIR=../shared/data .venv/bin/python scripts/investigations/owl_check.py results/beyond_wanda/u70_wanda_owl/seed0
 
 Reads a `--layer_ratios owl` run's results.json (its model, seed, nsamples, seqlen, owl_m, owl_lambda and sparsity
 ratio), recomputes upstream's outlier ratios from scratch and compares: the calibration windows go through the
