@@ -5,27 +5,26 @@
 """
 from __future__ import annotations
 
-import os
-import signal
 import sys
 
 if __name__ == "__main__":
-    # Ctrl-C during the imports below (seconds) would print their traceback; nothing has been written yet.
-    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("\ninterrupted during startup; nothing written\n"),
-                                             os._exit(130)))
+    # Ctrl-C or SIGTERM during the imports below (seconds) would print their traceback; nothing is written yet.
+    from lib.cli import quiet_startup
+
+    quiet_startup()
 
 import argparse
 import json
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lib.checks import check_finite_weights, check_model_target, check_output_dir, json_safe, locate_non_finite
+from lib.checks import check_apart, check_dense_perplexity, check_finite_weights, check_free_space, \
+    check_model_target, check_not_degenerate, check_output_dir, json_safe, locate_non_finite, sparsity_miss
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, PruneConfig, RunConfig
 from lib.errors import RunError
@@ -33,12 +32,13 @@ from lib.data import DataError, c4_file, calibration_windows, load_calibration_t
     wikitext2_file, wikitext2_ids
 from lib.eval import eval_ppl
 from lib.plugins import ADDONS, METHODS, Method, find_method, selector_choices
-from lib.models import find_decoder_layers, load_config, load_tokenizer, \
+from lib.models import check_weights_match, find_decoder_layers, load_config, load_tokenizer, \
     max_sequence_length, resolve_model
 from lib.offload import LayerStore, load_with_store
 from lib.protocols import PROTOCOLS, protocol_settings
 from lib.prune import PruneReport, check_layers, needs_calibration, prune_model
-from lib.runinfo import git_commit, peak_rss_mb, save_model_atomic, versions, write_atomic
+from lib.runinfo import git_commit, keep_apart, peak_rss_mb, save_model_atomic, versions, write_atomic_all, \
+    write_failure
 from lib.sparsity import check_sparsity
 
 # The phase the run is in and what it has written; run() updates it, the Ctrl-C message reads it.
@@ -88,9 +88,10 @@ def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = 
     return requested
 
 
-def check_structure(model_config, config: PruneConfig) -> None:
-    """Build the model on the meta device (no weights, no memory): decoder layers found, widths fit N:M and the
-    settings' limits."""
+def check_structure(model_config, config: PruneConfig, folder: Path | None = None) -> int:
+    """Build the model on the meta device (no weights, no memory): decoder layers found, the config agrees with
+    the checkpoint in folder (tensor names and shapes), widths fit N:M and the settings' limits -> its parameter
+    count."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
@@ -100,7 +101,10 @@ def check_structure(model_config, config: PruneConfig) -> None:
     except (ValueError, KeyError, TypeError) as err:  # a config no causal-LM class accepts
         raise ConfigError(f"model type '{getattr(model_config, 'model_type', '?')}' is not a causal LM that "
                           f"transformers can build ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    if folder is not None:
+        check_weights_match(skeleton, folder)
     check_layers(find_decoder_layers(skeleton), config)
+    return sum(p.numel() for p in skeleton.parameters())
 
 
 def plan_zero_shot(run_cfg: RunConfig, data_dir: Path | None):
@@ -112,24 +116,71 @@ def plan_zero_shot(run_cfg: RunConfig, data_dir: Path | None):
     if not task_plan.local and not task_plan.hub:
         name, reason = next(iter(task_plan.skipped.items()))
         raise ConfigError(f"no zero-shot task of {tasks} can run here: '{name}': {reason}")
+    if task_plan.hub:
+        from lib.zeroshot import unknown_hub_tasks
+
+        unknown = unknown_hub_tasks(task_plan.hub)
+        if unknown:
+            name, hint = next(iter(unknown.items()))
+            raise ConfigError(f"zero-shot task '{name}' is not an lm-eval task{hint}; "
+                              f"{len(unknown)} of {tasks} unknown")
     for name, reason in task_plan.skipped.items():
         logging.getLogger("lib.zeroshot").warning("zero-shot: will skip task '%s': %s", name, reason)
     return tasks, task_plan
 
 
-def check_outputs(run_cfg: RunConfig) -> None:
-    """--save, --save_model, --cache_dir and --offload_dir must be (or become) writable folders, tried with a
-    real file.
+def check_zero_shot_done(results: dict, plan: Plan) -> None:
+    """After everything is saved: a task that could not be loaded or returned nothing (the ones skipped by plan,
+    warned about before pruning, aside) makes the run fail, so a batch does not take it as complete."""
+    failed = {name: row["skipped"] for name, row in (results.get("zero_shot") or {}).items()
+              if "skipped" in row and name not in plan.task_plan.skipped}
+    if failed:
+        name, reason = next(iter(failed.items()))
+        raise RunError(f"zero-shot: {len(failed)} task(s) not evaluated, first '{name}': {reason}; the rest of the "
+                       "results are saved")
 
-    A --save_model folder that holds files other than an earlier model save is refused: the save replaces the
-    folder as a whole (atomically), and must not delete a researcher's other files.
+
+def model_inputs(run_cfg: RunConfig) -> dict[str, Path]:
+    """The files the run reads its model from ({what: path}), which no output may replace or write into."""
+    source, gguf = resolve_model(run_cfg.model, run_cfg.cache_dir)
+    inputs = {"--model folder": Path(source)} if Path(source).is_dir() else {}
+    return {**inputs, "--model file": gguf} if gguf is not None else inputs
+
+
+def check_outputs(run_cfg: RunConfig, inputs: dict[str, Path]) -> None:
+    """--save, --save_model, --cache_dir and --offload_dir must be (or become) writable folders, tried with a
+    real file, and none may be or lie inside the model's folder.
+
+    A --save_model folder is replaced as a whole (atomically): only a new or empty one, or one an earlier save
+    wrote (lib.runinfo.MARKER), never one that holds the model or a researcher's other files.
     """
     for flag, path in (("--save", run_cfg.save), ("--save_model", run_cfg.save_model),
                        ("--cache_dir", run_cfg.cache_dir), ("--offload_dir", run_cfg.offload_dir)):
         if path:
             check_output_dir(flag, path)
+    for flag, path in (("--save", run_cfg.save), ("--offload_dir", run_cfg.offload_dir)):
+        if path:
+            check_apart(flag, path, inputs)
     if run_cfg.save_model:
-        check_model_target("--save_model", run_cfg.save_model)
+        check_model_target("--save_model", run_cfg.save_model, inputs)
+
+
+def check_space(run_cfg: RunConfig, model_config, parameters: int, converting: bool) -> None:
+    """The disks of the outputs whose size is known before the work hold it: the pruned model (--save_model),
+    the pruned layers (--offload disk), the float32 conversion of a GGUF file (--cache_dir), results (--save)."""
+    import tempfile
+
+    from lib.models import resolve_dtype
+
+    model_bytes = parameters * resolve_dtype(run_cfg.dtype, model_config).itemsize
+    needs = [("--save", run_cfg.save, 2**20)] if run_cfg.save else []
+    if run_cfg.save_model:
+        needs.append(("--save_model", run_cfg.save_model, model_bytes))
+    if run_cfg.offload == "disk":
+        needs.append(("--offload_dir", run_cfg.offload_dir or tempfile.gettempdir(), model_bytes))
+    if converting:
+        needs.append(("--cache_dir", run_cfg.cache_dir, parameters * 4))
+    check_free_space(needs)
 
 
 def count_eval_windows(run_cfg: RunConfig, test_ids: torch.Tensor, seqlen: int, source: str) -> None:
@@ -147,12 +198,13 @@ def check(run_cfg: RunConfig, config: PruneConfig) -> Plan:
     """Everything that can fail before the model loads: method, outputs, model, seqlen, widths, tasks, and the
     data, read and tokenised (the tokenizer loads without the weights) so every count is checked."""
     method = find_method(config)
-    check_outputs(run_cfg)
-    resolve_model(run_cfg.model, run_cfg.cache_dir)
+    inputs = model_inputs(run_cfg)
+    check_outputs(run_cfg, inputs)
     data_dir = resolve_data_dir(run_cfg.data_dir)
     model_config = load_config(run_cfg.model, run_cfg.cache_dir)
     seqlen = choose_seqlen(run_cfg.seqlen, max_sequence_length(model_config), run_cfg.seqlen_max)
-    check_structure(model_config, config)
+    parameters = check_structure(model_config, config, inputs.get("--model folder"))
+    check_space(run_cfg, model_config, parameters, "--model file" in inputs)
     tasks, task_plan = plan_zero_shot(run_cfg, data_dir) if run_cfg.eval_zero_shot else (None, None)
     # Read and count the data before paying for the model, so a missing or damaged file fails in seconds.
     eval_rows = load_wikitext2_rows(run_cfg.eval_split, data_dir)
@@ -179,7 +231,9 @@ def save_outputs(run_cfg: RunConfig, results: dict, store: LayerStore, tokenizer
     """
     if run_cfg.save_model:
         t = time.time()
-        save_model_atomic(store.save_pretrained, tokenizer, Path(run_cfg.save_model).expanduser())
+        needed = sum(p.numel() * p.element_size() for p in store.model.parameters())
+        record = {"written_by": "main.py --save_model", "model": results["model"], "config": results["config"]}
+        save_model_atomic(store.save_pretrained, tokenizer, Path(run_cfg.save_model).expanduser(), needed, record)
         PROGRESS.written.append(run_cfg.save_model)
         seconds["save_model"] = time.time() - t
         print(f"saved pruned model to {run_cfg.save_model}")
@@ -195,17 +249,28 @@ def save_outputs(run_cfg: RunConfig, results: dict, store: LayerStore, tokenizer
         results["non_finite"] = non_finite
         print(f"warning: {', '.join(non_finite)} not finite; recorded as null in results.json")
     if run_cfg.save:
-        save = Path(run_cfg.save).expanduser()
-        try:
-            # Wanda's log format, for scripts that parse it; results.json last, as the mark of a finished run.
-            method, sparsity, ppl = results["prune_method"], results["measured_sparsity"], results["ppl_pruned"]
-            write_atomic(save / f"log_{method}.txt", f"method\tactual_sparsity\tppl_test\n{method}\t"
-                                                     f"{sparsity:.4f}\t{ppl:.4f}\n")
-            write_atomic(save / "results.json", json.dumps(safe, indent=2, allow_nan=False) + "\n")
-        except OSError as err:
-            raise ConfigError(f"could not write results to '{save}' ({err.strerror or err})") from None
-        PROGRESS.written.append(str(save / "results.json"))
-        print(f"wrote {save / 'results.json'}")
+        write_results(Path(run_cfg.save).expanduser(), results, json.dumps(safe, indent=2, allow_nan=False) + "\n")
+
+
+# What makes two runs the same run: an earlier results.json in --save that differs in any is kept apart.
+SAME_RUN = ("model", "prune_method", "sparsity_type", "sparsity_ratio", "seed", "nsamples", "seqlen", "eval_limit",
+            "eval_split", "calib_dataset", "config")
+
+
+def write_results(save: Path, results: dict, text: str) -> None:
+    """Wanda's log_{method}.txt and results.json into save, both or neither (results.json last, as the mark of a
+    finished run); an earlier run's results.json of other settings is renamed first, never replaced."""
+    kept = keep_apart(save / "results.json", json.loads(text), SAME_RUN)
+    if kept:
+        print(f"kept the results.json of an earlier run with other settings as {kept}")
+    method, sparsity, ppl = results["prune_method"], results["measured_sparsity"], results["ppl_pruned"]
+    log = f"method\tactual_sparsity\tppl_test\n{method}\t{sparsity:.4f}\t{ppl:.4f}\n"
+    try:
+        write_atomic_all({save / f"log_{method}.txt": log, save / "results.json": text})
+    except OSError as err:
+        raise write_failure("results", save, err) from None
+    PROGRESS.written.append(str(save / "results.json"))
+    print(f"wrote {save / 'results.json'}")
 
 
 def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: str, seconds: dict) -> float:
@@ -224,6 +289,8 @@ def evaluate(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, which: st
                               "window; try --dtype float32")
     seconds[f"eval_{which}"] = time.time() - t
     print(f"{which} perplexity (wikitext2 {run_cfg.eval_split}): {ppl:.4f}")
+    if which == "dense":
+        check_dense_perplexity(ppl, getattr(model.config.get_text_config(), "vocab_size", None))
     return ppl
 
 
@@ -242,6 +309,8 @@ def prune(model, store: LayerStore, plan: Plan, run_cfg: RunConfig, config: Prun
         sparsity, per_layer = check_sparsity(model)
     print(f"pruned with {config.prune_method} ({config.sparsity_type}, ratio {config.sparsity_ratio}) in "
           f"{seconds['prune']:.1f}s; measured sparsity {sparsity:.4f}")
+    if sparsity_miss(config.sparsity_ratio, sparsity):
+        print(sparsity_miss(config.sparsity_ratio, sparsity))
     return report, sparsity, per_layer
 
 
@@ -260,6 +329,7 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
                                               run_cfg.offload, run_cfg.offload_dir)
     if store.mode != "disk":  # on disk the layers are checked as they are visited (their statistics)
         check_finite_weights(find_decoder_layers(model))
+        check_not_degenerate(find_decoder_layers(model))
     seconds["load"] = time.time() - t
     print(f"loaded {run_cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) in "
           f"{seconds['load']:.1f}s; seqlen {plan.seqlen}, dtype {next(model.parameters()).dtype}, device "
@@ -294,15 +364,16 @@ def run(run_cfg: RunConfig, config: PruneConfig) -> dict:
         results["layer_stats"] = report.layer_stats
     PROGRESS.phase = "save"
     save_outputs(run_cfg, results, store, tokenizer, seconds, t_start)
+    if plan.tasks:
+        check_zero_shot_done(results, plan)
     PROGRESS.phase = "done"
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse argv, run, and return the exit status: 0 done, 2 bad input, 3 failed on the data or the model's
-    numbers (one line each; --debug adds the traceback), 130 interrupted (Ctrl-C)."""
-    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
+    numbers (one line each; --debug adds the traceback), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM:
+    Slurm's preemption or time limit), each with one line naming the phase."""
     PROGRESS.phase, PROGRESS.written = "startup", []
     parser = build_parser()
     args = parser.parse_args(argv)

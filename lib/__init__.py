@@ -5,8 +5,6 @@ Notebook use (no CLI):
     report = prune_model(model, calib_ids, PruneConfig(prune_method="wanda", sparsity_ratio=0.5))
 """
 from lib.config import ConfigError, PruneConfig
-# Every method and add-on registered, with its settings section, before any PruneConfig is built.
-import lib.plugins  # noqa: F401,E402  (isort: skip)
 
 __all__ = ["ConfigError", "PruneConfig", "prune_model"]
 

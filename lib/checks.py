@@ -50,13 +50,86 @@ def check_output_dir(flag: str, path: str | Path) -> None:
                           "can write to") from None
 
 
-def check_model_target(flag: str, path: str | Path) -> None:
-    """A folder a model will replace as a whole must be new, empty, or an earlier model save (has config.json):
-    the atomic save renames over it and must not delete a researcher's other files."""
+def check_model_target(flag: str, path: str | Path, inputs: dict[str, str | Path] | None = None) -> None:
+    """A folder a model (or adapter) will replace as a whole must be new, empty, or one this tool wrote (it holds
+    lib.runinfo.MARKER), and must not be, hold or lie inside an input (inputs: {flag: folder}, e.g. --model): the
+    atomic save renames over it and must never delete a researcher's files or the model it reads from."""
+    from lib.runinfo import MARKER
+
+    check_apart(flag, path, inputs or {}, may_hold=False)
     target = Path(path).expanduser()
-    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
-        raise ConfigError(f"{flag} '{path}' holds files that are not a saved model; pass a new or empty folder "
-                          "(an earlier saved model folder is replaced)")
+    if target.is_dir() and any(target.iterdir()) and not (target / MARKER).is_file():
+        raise ConfigError(f"{flag} '{path}' holds files this tool did not write (no {MARKER} in it); pass a new or "
+                          "empty folder (a folder an earlier save wrote is replaced)")
+
+
+def check_apart(flag: str, path: str | Path, inputs: dict[str, str | Path], may_hold: bool = True) -> None:
+    """An output folder must not be an input (inputs: {flag: file or folder}) or lie inside one (its files would
+    be loaded with the model: an adapter_config.json there makes transformers apply the adapter); unless may_hold,
+    it must not hold one either (a save that replaces the folder would delete it)."""
+    target = Path(path).expanduser().resolve()
+    for name, source in inputs.items():
+        source = Path(source).expanduser().resolve()
+        inside = target == source or source in target.parents
+        if inside or (not may_hold and target in source.parents):
+            relation = "is" if target == source else ("lies inside" if inside else "holds")
+            raise ConfigError(f"{flag} '{path}' {relation} the {name} '{source}'; writing there would replace or "
+                              "mix with what the run reads; pass another folder")
+
+
+def check_free_space(needs: list[tuple[str, str | Path, int]]) -> None:
+    """needs: (flag, folder, bytes) of the writes ahead; each file system must have their sum free (5% to spare),
+    checked before the work so a full disk is found in seconds, not after the run."""
+    from lib.runinfo import free_bytes
+
+    by_disk: dict[int, list[tuple[str, str | Path, int]]] = {}
+    for need in needs:
+        existing = Path(need[1]).expanduser().absolute()
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        by_disk.setdefault(existing.stat().st_dev, []).append(need)
+    for group in by_disk.values():
+        needed, free = sum(n for _, _, n in group), free_bytes(Path(group[0][1]))
+        if free < needed * 1.05:
+            what = " + ".join(f"{flag} '{path}' {n / 2**30:.2f} GiB" for flag, path, n in group)
+            raise ConfigError(f"not enough disk space: {what} needed, {free / 2**30:.2f} GiB free there; free "
+                              "space or pass a folder on another disk")
+
+
+def check_not_degenerate(layers: nn.ModuleList) -> None:
+    """Some decoder linear weight is non-zero, else RunError: an all-zero checkpoint (a failed export) scores
+    the uniform distribution's perplexity, which would otherwise be reported as a result."""
+    if not any(bool(m.weight.detach().any()) for layer in layers for m in layer.modules()
+               if type(m).__name__ == "Linear" and m.weight.device.type != "meta"):
+        raise RunError("every decoder linear weight of the model is zero (an empty or failed export?); there is "
+                       "nothing to prune or measure")
+
+
+# A dense model this far above a uniform guess over its vocabulary (perplexity = vocabulary size) is broken: its
+# config disagrees with its weights, or the weights are damaged. Untrained models sit near 1x (tiny test models
+# measure 0.7x to 1.15x), so the margin is 2x.
+DEGENERATE_PPL_FACTOR = 2.0
+
+
+def check_dense_perplexity(ppl: float, vocab_size: int | None) -> None:
+    """The dense perplexity must be below DEGENERATE_PPL_FACTOR x the vocabulary size, else RunError."""
+    if vocab_size and ppl > DEGENERATE_PPL_FACTOR * vocab_size:
+        raise RunError(f"dense perplexity {ppl:.1f} is more than {DEGENERATE_PPL_FACTOR:g}x the vocabulary size "
+                       f"{vocab_size} (a uniform guess scores {vocab_size}): the model is broken or its config "
+                       "disagrees with its weights; pruning it would measure nothing")
+
+
+# A measured sparsity further than this from the requested ratio is reported (--use_variant's bisection, whole
+# neurons, rows too narrow for the ratio): results.json records both, the warning says by how much.
+SPARSITY_TOLERANCE = 0.005
+
+
+def sparsity_miss(requested: float, measured: float) -> str | None:
+    """A one-line warning when measured sparsity misses requested by more than SPARSITY_TOLERANCE, else None."""
+    if abs(measured - requested) <= SPARSITY_TOLERANCE:
+        return None
+    return (f"warning: measured sparsity {measured:.4f} misses the requested {requested:g} by "
+            f"{measured - requested:+.4f} (tolerance {SPARSITY_TOLERANCE}); results.json records both")
 
 
 def _first_bad(tensor: torch.Tensor) -> str:

@@ -6,17 +6,20 @@ touches argparse besides the entry points themselves).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import traceback
 import types
 import typing
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from lib.config import all_fields, bounds_text, flag_name
-from lib.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUN_FAILED, ConfigError, RunError
+from lib.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_TERMINATED, ConfigError, RunError
 
 # Set to 1 to print the full traceback (every cause) of an error, as --debug does.
 DEBUG_ENV = "WANDA_DEBUG"
@@ -87,10 +90,57 @@ class Progress:
     phase: str = "startup"
     written: list[str] = dataclasses.field(default_factory=list)
 
-    def interrupted(self) -> str:
+    def interrupted(self, how: str = "interrupted") -> str:
         """'interrupted during <phase>; nothing written' (or what was written before the interrupt)."""
         done = f"wrote only {', '.join(self.written)}" if self.written else "nothing written"
-        return f"interrupted during {self.phase}; {done}"
+        return f"{how} during {self.phase}; {done}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm's preemption and time limit, kill): raised where Ctrl-C raises KeyboardInterrupt, so the
+    same finally blocks remove the same temporary files."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _exit_during_startup(signum: int, frame: object) -> None:
+    word = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    sys.stderr.write(f"\n{word} during startup; nothing written\n")
+    os._exit(128 + signum)
+
+
+def quiet_startup() -> None:
+    """For an entry point's `if __name__ == "__main__"` block, before its heavy imports (torch, transformers):
+    Ctrl-C or SIGTERM there is one line and exit 130 / 143 instead of the import's traceback."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_during_startup)
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """Inside: Ctrl-C raises KeyboardInterrupt and SIGTERM raises Terminated (a KeyboardInterrupt), also where
+    a background shell had set SIGINT to be ignored; the previous handlers are restored on exit. run_cli uses
+    it; a batch runner can too, to stop its child the same way:
+
+        with signals_as_interrupts():
+            try:
+                child.wait()
+            except KeyboardInterrupt as stop:   # Terminated after SIGTERM
+                child.send_signal(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+    """
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def debugging(flag: bool = False) -> bool:
@@ -110,18 +160,24 @@ def print_error(err: BaseException, debug: bool) -> None:
 
 
 def run_cli(main: Callable[[], Any], progress: Progress | None = None, debug: bool = False) -> int:
-    """Call main(); a ConfigError becomes one line on stderr and exit status 2, a RunError (the data or the
-    model's numbers) one line and status 3, Ctrl-C one line and status 130. debug: the traceback as well."""
-    try:
-        main()
-    except ConfigError as err:
-        print_error(err, debugging(debug))
-        return EXIT_BAD_INPUT
-    except RunError as err:
-        print_error(err, debugging(debug))
-        return EXIT_RUN_FAILED
-    except KeyboardInterrupt:
-        # 130 = 128 + SIGINT, what a shell reports for Ctrl-C: batch scripts test for it and stop.
-        print(f"\n{(progress or Progress('run')).interrupted()}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    """Call main() with SIGINT and SIGTERM as interrupts; a ConfigError becomes one line on stderr and exit
+    status 2, a RunError (the data or the model's numbers) one line and status 3, Ctrl-C one line and status 130,
+    SIGTERM one line and status 143. debug: the traceback as well."""
+    with signals_as_interrupts():
+        try:
+            main()
+        except ConfigError as err:
+            print_error(err, debugging(debug))
+            return EXIT_BAD_INPUT
+        except RunError as err:
+            print_error(err, debugging(debug))
+            return EXIT_RUN_FAILED
+        except Terminated:
+            # 143 = 128 + SIGTERM, what a shell and Slurm report for a terminated job.
+            print(f"\n{(progress or Progress('run')).interrupted('terminated (SIGTERM)')}", file=sys.stderr)
+            return EXIT_TERMINATED
+        except KeyboardInterrupt:
+            # 130 = 128 + SIGINT, what a shell reports for Ctrl-C: batch scripts test for it and stop.
+            print(f"\n{(progress or Progress('run')).interrupted()}", file=sys.stderr)
+            return EXIT_INTERRUPTED
     return 0

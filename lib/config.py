@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -136,6 +137,14 @@ class Settings:
 SECTIONS: list[type[Settings]] = []
 
 
+def registered_sections() -> list[type[Settings]]:
+    """Every registered section. The plug-ins register theirs when `lib.plugins` imports them, which happens here
+    on first use (by name, at run time: this module imports no plug-in, and `import lib.config` stays light until
+    a PruneConfig is built or its flags are listed)."""
+    importlib.import_module("lib.plugins")
+    return SECTIONS
+
+
 def register_settings(section: type[Settings]) -> type[Settings]:
     """Add a settings section to every PruneConfig (its field names unique across sections); a decorator."""
     taken = {f.name for cls in [PruneConfig, *SECTIONS] for f in dataclasses.fields(cls)}
@@ -159,8 +168,10 @@ class PruneConfig(Settings):
     sparsity_type: str = setting("unstructured", "'unstructured' or N:M such as 2:4, 4:8")
     nsamples: int = setting(128, "calibration sequences (default 128)", bounds="positive")
     calib_batch_size: int = setting(0, "calibration sequences per layer call (default 0: as many as fit 8192 "
-                                       "tokens; lower it if a layer's activations run out of memory; results "
-                                       "are the same)", bounds=">= 0", note="0 = automatic")
+                                       "tokens; lower it if a layer's activations run out of memory). Results "
+                                       "are the same: statistics are summed one sequence at a time (on a GPU, "
+                                       "batched matmuls may still round differently)", bounds=">= 0",
+                                    note="0 = automatic")
     # random.Random(-1) is random.Random(1): a negative seed would silently repeat another seed's run.
     seed: int = setting(0, "calibration sampling seed", bounds=">= 0")
     use_variant: bool = setting(False, "Wanda's alpha-search variant (unstructured; the methods with a Wanda-form "
@@ -180,7 +191,7 @@ class PruneConfig(Settings):
             object.__setattr__(self, f.name, values.pop(f.name, f.default))
         given = {type(section): section for section in sections}
         built = []
-        for cls in SECTIONS:
+        for cls in registered_sections():
             mine = {name: values.pop(name) for name in [f.name for f in dataclasses.fields(cls)] if name in values}
             built.append(dataclasses.replace(given[cls], **mine) if cls in given else cls(**mine))
         if values:
@@ -235,7 +246,7 @@ def all_fields(cls: type) -> list[tuple[dataclasses.Field, type]]:
     """(field, declaring class) of every setting of cls: its own, and for PruneConfig every registered section's."""
     pairs = [(f, cls) for f in own_fields(cls)]
     if cls is PruneConfig:
-        pairs += [(f, section) for section in SECTIONS for f in dataclasses.fields(section)]
+        pairs += [(f, section) for section in registered_sections() for f in dataclasses.fields(section)]
     return pairs
 
 
@@ -286,8 +297,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_finite(self)
-        if self.seqlen is not None and self.seqlen <= 0:
-            raise ConfigError(f"seqlen {self.seqlen} must be a positive integer")
+        if self.seqlen is not None and self.seqlen < 2:
+            # A window's loss predicts tokens 2..seqlen from the ones before: one token leaves nothing to score.
+            raise ConfigError(f"seqlen {self.seqlen} must be at least 2 tokens")
         if self.seqlen is not None and self.seqlen_max:
             raise ConfigError(f"seqlen {self.seqlen} and --seqlen_max both set the window; pass one")
         if self.zs_batch_size != "auto" and not (self.zs_batch_size.isdigit() and int(self.zs_batch_size) > 0):

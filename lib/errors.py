@@ -6,10 +6,11 @@ non-finite weight, statistic or activation, a Hessian that damping did not make 
 """
 from __future__ import annotations
 
-# Exit statuses of the entry points (130 = 128 + SIGINT, what a shell reports for Ctrl-C).
+# Exit statuses of the entry points (128 + the signal for Ctrl-C and SIGTERM, what a shell and Slurm report).
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class ConfigError(ValueError):

@@ -5,7 +5,6 @@ import importlib.metadata
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -140,14 +139,19 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    from lib.runinfo import remove_stale_temps, temp_sibling, write_errors, write_failure
+
+    remove_stale_temps(target)  # a conversion killed by SIGKILL leaves its hidden folder (hundreds of MB)
+    tmp = temp_sibling(target, "converting")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if not (target / "config.json").is_file():  # else a run beside this one converted it first: keep that
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+    except write_errors() as err:
+        raise write_failure("the converted GGUF model", target, err,
+                            sum(p.numel() * p.element_size() for p in model.parameters())) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -201,6 +205,109 @@ def check_model_folder(folder: Path) -> None:
                 handle.keys()
         except Exception as err:  # SafetensorError (truncated, bad header) is not an OSError
             raise ConfigError(f"model weights '{shard}' are damaged or truncated ({_first_line(err)})") from None
+
+
+def checkpoint_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} from the safetensors headers of a model folder (reads no tensor data)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as handle:
+            shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
+    return shapes
+
+
+def _keys_behind(skeleton: nn.Module, name: str, dim: int) -> str:
+    """The config keys that set dimension dim of tensor name (e.g. 'num_attention_heads 8, head_dim 16'), found
+    by doubling each integer key in turn on a one-layer meta skeleton; only called to word an error."""
+    import copy
+    import re
+
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    config, layer0 = skeleton.config, re.sub(r"\.\d+\.", ".0.", name, count=1)
+
+    def shape(changes: dict) -> tuple | None:
+        trial = copy.deepcopy(config)
+        for key, value in {"num_hidden_layers": 1, **changes}.items():
+            setattr(trial, key, value)
+        try:
+            with init_empty_weights():
+                tensors = AutoModelForCausalLM.from_config(trial).state_dict()
+        except Exception:  # noqa: BLE001 - a doubled key the config class refuses tells nothing
+            return None
+        match = tensors.get(layer0) if layer0 in tensors else tensors.get(f"{skeleton.base_model_prefix}.{layer0}")
+        return tuple(match.shape) if match is not None else None
+
+    base = shape({})
+    keys = [k for k, v in sorted(config.to_dict().items()) if isinstance(v, int) and not isinstance(v, bool)
+            and v > 0 and k != "num_hidden_layers" and not k.endswith("_token_id")]
+    behind = [k for k in keys if base is not None and (found := shape({k: 2 * getattr(config, k)})) is not None
+              and len(found) > dim and found[dim] != base[dim]]
+    return ", ".join(f"{k} {getattr(config, k)}" for k in behind) or "shapes"
+
+
+def check_weights_match(skeleton: nn.Module, folder: Path) -> None:
+    """config.json must describe the checkpoint in folder, else ConfigError naming the key and both values:
+    as many decoder layers, every parameter present, every shape equal. skeleton: the model built from the
+    config on the meta device. transformers would load such a checkpoint with random or dropped layers (exit 0)
+    or fail with a traceback. .bin checkpoints are left to transformers (their headers cannot be read cheaply)."""
+    found = checkpoint_shapes(folder)
+    if not found:
+        return
+    prefix = f"{skeleton.base_model_prefix}."
+    norm = lambda name: name[len(prefix):] if name.startswith(prefix) else name  # noqa: E731 (base-model saves)
+    found = {norm(name): shape for name, shape in found.items()}
+    expected = {norm(name): tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    config = skeleton.config
+    layers = find_decoder_layers(skeleton)
+    layer_prefix = norm(next(name for name, module in skeleton.named_modules() if module is layers)) + "."
+    indices = {int(name[len(layer_prefix):].split(".")[0]) for name in found
+               if name.startswith(layer_prefix) and name[len(layer_prefix):].split(".")[0].isdigit()}
+    if indices and len(indices) != len(layers):
+        key = next((k for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(config, k)), "layers")
+        raise ConfigError(f"model folder '{folder}': config.json says {key} {len(layers)} but the weights hold "
+                          f"{len(indices)} decoder layers; fix config.json or pass the matching checkpoint")
+    for name, shape in expected.items():
+        if name in found and found[name] != shape:
+            dim = next((i for i, (want, got) in enumerate(zip(shape, found[name])) if want != got), 0)
+            raise ConfigError(f"model folder '{folder}': config.json's {_keys_behind(skeleton, name, dim)} give "
+                              f"'{name}' shape {list(shape)}, the weights have {list(found[name])}; fix "
+                              "config.json or pass the matching checkpoint")
+    missing = [n for n in sorted(norm(n) for n, _ in skeleton.named_parameters())
+               if n not in found and n not in _tied(skeleton, norm) and not _ignored(skeleton, n)]
+    # A tensor saved under a legacy name (GPT-NeoX's embed_out for lm_head) that transformers renames on load:
+    # a missing tensor is matched by an unexpected one of its shape.
+    spare = [shape for name, shape in found.items() if name not in expected]
+    for name in list(missing):
+        if expected[name] in spare:
+            spare.remove(expected[name])
+            missing.remove(name)
+    if missing:
+        raise ConfigError(f"model folder '{folder}': the weights have no tensor '{missing[0]}' (and "
+                          f"{len(missing) - 1} more) that config.json's model needs; transformers would fill it "
+                          "with random values; fix config.json or pass the matching checkpoint")
+
+
+def _tied(skeleton: nn.Module, norm) -> set[str]:
+    """Parameters a checkpoint may omit because they are tied to another (the head to the embeddings)."""
+    keys = getattr(skeleton, "_tied_weights_keys", None) or {}
+    tied = {norm(k) for k in keys}  # transformers 5: {tied: source}; older: a list of tied names
+    tie = getattr(skeleton.config.get_text_config(), "tie_word_embeddings", False)
+    head = skeleton.get_output_embeddings()
+    if tie and head is not None:
+        tied |= {norm(f"{n}.weight") for n, m in skeleton.named_modules() if m is head}
+    return tied if tie else set()
+
+
+def _ignored(skeleton: nn.Module, name: str) -> bool:
+    """A tensor the model class declares may be absent from checkpoints (_keys_to_ignore_on_load_missing)."""
+    import re
+
+    return any(re.search(pattern, name) for pattern in getattr(skeleton, "_keys_to_ignore_on_load_missing", None)
+               or [])
 
 
 def load_config(spec: str, cache_dir: str | Path = "llm_weights"):

@@ -13,13 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lib.config import ConfigError
+from lib.runinfo import remove_stale_temps, write_errors, write_failure
 from lib.models import find_decoder_layers, load_config, load_model, load_tokenizer, local_source, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -102,11 +106,16 @@ class LayerStore:
             from accelerate.utils import set_module_tensor_to_device
             from safetensors import safe_open
 
-            with safe_open(str(self.sources[index]), framework="pt", device="cpu") as handle:
-                for full in self.names(index):
-                    local = full[len(f"{self.prefix}.{index}."):]
-                    set_module_tensor_to_device(layer, local, self.device,
-                                                value=handle.get_tensor(full).to(self.dtype))
+            try:
+                with safe_open(str(self.sources[index]), framework="pt", device="cpu") as handle:
+                    for full in self.names(index):
+                        local = full[len(f"{self.prefix}.{index}."):]
+                        set_module_tensor_to_device(layer, local, self.device,
+                                                    value=handle.get_tensor(full).to(self.dtype))
+            except write_errors() as err:  # removed or damaged while the run uses it (OSError, SafetensorError)
+                text = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+                raise ConfigError(f"--offload disk: layer {index}'s weights '{self.sources[index]}' can no longer "
+                                  f"be read ({text}); the checkpoint changed during the run") from None
         return layer
 
     def offload(self, index: int, changed: bool = False) -> None:
@@ -116,13 +125,12 @@ class LayerStore:
             layer.to("cpu")
         elif self.mode == "disk":
             from accelerate.utils import set_module_tensor_to_device
-            from safetensors.torch import save_file
 
             if changed:
                 target = self.folder / f"layer_{index:04d}.safetensors"
                 tensors = {f"{self.prefix}.{index}.{k}": v.detach().to("cpu").contiguous()
                            for k, v in layer.state_dict().items()}
-                save_file(tensors, str(target))
+                save_tensors(tensors, target, "a pruned layer (--offload disk)")
                 self.sources[index] = target
             for name, _ in list(layer.named_parameters()) + list(layer.named_buffers()):
                 set_module_tensor_to_device(layer, name, "meta")
@@ -192,9 +200,23 @@ class LayerStore:
 
 def load_layered(source: Path, dtype: torch.dtype, device: torch.device,
                  folder: Path | None = None) -> tuple[nn.Module, LayerStore]:
+    """The model with its decoder layers left on disk (_load_layered). Without folder, pruned layers go to a
+    temporary folder removed with the store or at interpreter exit (after Ctrl-C, SIGTERM and errors too)."""
+    if folder is not None:
+        return _load_layered(source, dtype, device, folder)
+    folder = offload_temp_folder()
+    try:
+        model, store = _load_layered(source, dtype, device, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    weakref.finalize(store, shutil.rmtree, folder, True)
+    return model, store
+
+
+def _load_layered(source: Path, dtype: torch.dtype, device: torch.device, folder: Path) -> tuple[nn.Module, LayerStore]:
     """The model with its decoder layers left on disk: everything else is read to the device, each layer's
-    tensors only when the layer is visited. -> (model, its store). `folder` takes pruned layers (default: a
-    temporary folder next to nothing else, removed at exit)."""
+    tensors only when the layer is visited. -> (model, its store). `folder` takes pruned layers."""
     from accelerate import init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
     from safetensors import safe_open
@@ -208,6 +230,7 @@ def load_layered(source: Path, dtype: torch.dtype, device: torch.device,
     for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             where.update({key: path for key in handle.keys()})
+
     config = AutoConfig.from_pretrained(source)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -234,14 +257,12 @@ def load_layered(source: Path, dtype: torch.dtype, device: torch.device,
             raise ConfigError(f"--offload disk: the checkpoint in '{source}' has no tensor for {absent}; its names "
                               "differ from the model's (use --offload cpu)")
         if len(files_of_layer) > 1:  # a layer split over two shards: gather it into one file once
-            folder = folder or Path(tempfile.mkdtemp(prefix="wanda-offload-"))
             sources.append(_gather_layer(names, where, folder / f"layer_{index:04d}.dense.safetensors"))
         else:
             sources.append(files_of_layer.pop())
     for buffer_name, buffer in model.named_buffers():  # non-persistent buffers (rotary tables) are built on CPU
         if not buffer_name.startswith(f"{prefix}.") and buffer.device != device:
             set_module_tensor_to_device(model, buffer_name, device, value=buffer)
-    folder = folder or Path(tempfile.mkdtemp(prefix="wanda-offload-"))
     folder.mkdir(parents=True, exist_ok=True)
     model.config.use_cache = False
     return model, LayerStore(model, "disk", device, folder, sources)
@@ -257,8 +278,33 @@ def _gather_layer(names: list[str], where: dict[str, Path], target: Path) -> Pat
     for name in names:
         with safe_open(str(where[name]), framework="pt", device="cpu") as handle:
             tensors[name] = handle.get_tensor(name)
-    save_file(tensors, str(target))
+    save_tensors(tensors, target, "a layer gathered from several shards (--offload disk)")
     return target
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], target: Path, what: str) -> None:
+    """safetensors' save_file; a full disk (SafetensorError or OSError) is one line naming target and the size."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(target))
+    except write_errors() as err:
+        Path(target).unlink(missing_ok=True)
+        raise write_failure(what, target, err, sum(t.numel() * t.element_size() for t in tensors.values())) \
+            from None
+
+
+OFFLOAD_PREFIX = "wanda-offload-"
+
+
+def offload_temp_folder() -> Path:
+    """A new temporary folder for --offload disk without --offload_dir, named with host and pid; a SIGKILLed
+    run's folder is removed here by the next run on this host (lib.runinfo.remove_stale_temps)."""
+    import socket
+
+    root = Path(tempfile.gettempdir())
+    remove_stale_temps(root, prefix=OFFLOAD_PREFIX)
+    return Path(tempfile.mkdtemp(prefix=f"{OFFLOAD_PREFIX}{socket.gethostname()}-{os.getpid()}.", dir=root))
 
 
 def place_outside_layers(model: nn.Module, device: torch.device) -> None:

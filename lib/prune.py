@@ -213,8 +213,14 @@ class CalibrationHooks:
                 # Some layers flatten tokens before the MLP (OPT's fc1/fc2): restore [sequences, tokens, in] so
                 # collectors count sequences, not batches (scales must agree across a layer's linears for OWL).
                 x = x.reshape(self._token_ids.shape[0], -1, x.shape[-1])
-            for collector in self.collectors[name]:
-                collector.add_batch(x.detach(), self._token_ids)
+            # One sequence at a time: every collector then sums in the same order whatever --calib_batch_size
+            # is, so float32 rounding (which SparseGPT's updates and NeuronRank's variances amplify) cannot
+            # depend on it; the forward itself stays batched.
+            ids = self._token_ids
+            for i in range(x.shape[0]) if x.dim() == 3 else [None]:
+                part, part_ids = (x, ids) if i is None else (x[i:i + 1], None if ids is None else ids[i:i + 1])
+                for collector in self.collectors[name]:
+                    collector.add_batch(part.detach(), part_ids)
         return hook
 
     def __enter__(self) -> CalibrationHooks:

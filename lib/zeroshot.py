@@ -104,6 +104,17 @@ def plan_tasks(tasks: list[str], data_dir: str | Path | None) -> TaskPlan:
     return plan
 
 
+def unknown_hub_tasks(names: list[str]) -> dict[str, str]:
+    """{name: ' (did you mean ...?)'} for every name lm-eval does not know (indexing its task files takes seconds,
+    so only called when tasks would come from the hub): such a task would be skipped after the whole run."""
+    from lm_eval.tasks import TaskManager
+
+    from lib.config import suggest
+
+    known = set(TaskManager().all_tasks)
+    return {name: suggest(name, sorted(known)) for name in names if name not in known}
+
+
 def _materialise_local_tasks(zs_dir: Path, dest: Path) -> None:
     """Copy zs_dir/tasks into dest with the data token replaced by zs_dir's absolute path (never write into zs_dir)."""
     for src in (zs_dir / "tasks").iterdir():

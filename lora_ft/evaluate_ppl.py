@@ -8,24 +8,32 @@
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    from lib.cli import quiet_startup
+
+    quiet_startup()  # Ctrl-C or SIGTERM during the imports below: one line, no traceback
+
 import argparse
 import json
 from dataclasses import dataclass
 from typing import ClassVar
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
 from lib.checks import check_model_target, check_output_dir
-from lib.cli import OneLineParser, add_settings, run_cli, settings_from
+from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, Settings, setting
 from lib.models import DTYPES
 from lib.runinfo import save_model_atomic, write_atomic
 from lora_ft.lora_utils import merge_lora
 
 logger = logging.getLogger("lora_ft.evaluate_ppl")
+# The phase the run is in and what it has written, for the one-line Ctrl-C / SIGTERM message.
+PROGRESS = Progress()
 
 @dataclass(frozen=True)
 class EvaluateSettings(Settings):
@@ -108,9 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from lib.data import get_wikitext2_test_ids, resolve_data_dir
     from lib.eval import eval_ppl
-    from lib.models import load_config, load_model, load_tokenizer, max_sequence_length
+    from lib.models import load_config, load_model, load_tokenizer, max_sequence_length, resolve_model
     from lib.sparsity import check_sparsity
 
+    PROGRESS.phase, PROGRESS.written = "check", []
     tasks = args.task_list()
     adapter = Path(args.lora_weights)
     spec = args.model or check_adapter(adapter)
@@ -124,7 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_output_dir("--output's folder", output.parent)
     if args.save_merged:
         check_output_dir("--save_merged", args.save_merged)
-        check_model_target("--save_merged", args.save_merged)
+        source = resolve_model(spec, args.cache_dir)[0]
+        inputs = {"--lora_weights folder": adapter, **({"base model folder": source} if Path(source).is_dir() else {})}
+        check_model_target("--save_merged", args.save_merged, inputs)
     data_dir = resolve_data_dir(args.data_dir)
 
     # Model files, data and window counts first: a bad input should fail before the model is loaded.
@@ -139,7 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.eval_limit is not None and args.eval_limit > windows:
         raise ConfigError(f"eval_limit {args.eval_limit} exceeds the {windows} windows of {seqlen} tokens in "
                           f"WikiText-2 test; use --eval_limit <= {windows} or omit it")
+    PROGRESS.phase = "load"
     model, tokenizer = load_model(spec, cache_dir=args.cache_dir, dtype=DTYPES[args.dtype] if args.dtype else None)
+    PROGRESS.phase = "evaluation"
     results: dict = {"model": spec, "lora_weights": str(adapter), "seqlen": seqlen, "eval_limit": args.eval_limit,
                      "command": " ".join(["python", "lora_ft/evaluate_ppl.py",
                                           *(argv if argv is not None else sys.argv[1:])])}
@@ -170,7 +183,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{kind:<15} sparsity {results['base_sparsity']:.4f} -> {results[kind + '_sparsity']:.4f}  "
               f"wikitext2 ppl {results['ppl_' + kind]:.4f}  ({note})")
         if args.save_merged:
-            save_model_atomic(final.save_pretrained, tokenizer, Path(args.save_merged).expanduser())
+            PROGRESS.phase = "save"
+            save_model_atomic(final.save_pretrained, tokenizer, Path(args.save_merged).expanduser(),
+                              record={"written_by": "lora_ft/evaluate_ppl.py --save_merged", "model": spec})
+            PROGRESS.written.append(args.save_merged)
+            PROGRESS.phase = "evaluation"
             print(f"merged model saved to {args.save_merged}")
 
     if args.eval_zero_shot:
@@ -186,4 +203,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, PROGRESS))

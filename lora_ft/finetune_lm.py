@@ -8,23 +8,32 @@ The adapter is dense: until it is merged with lora_ft/evaluate_ppl.py --merge_ma
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    from lib.cli import quiet_startup
+
+    quiet_startup()  # Ctrl-C or SIGTERM during the imports below: one line, no traceback
+
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import ClassVar
-import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from lib.checks import check_output_dir
-from lib.cli import OneLineParser, add_settings, run_cli, settings_from
+from lib.checks import check_model_target, check_output_dir
+from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
 from lib.config import ConfigError, Settings, setting
 from lib.models import DTYPES
-from lib.runinfo import write_atomic
+from lib.runinfo import save_model_atomic, write_atomic
+
+# The phase the run is in and what it has written, for the one-line Ctrl-C / SIGTERM message.
+PROGRESS = Progress()
 from lora_ft.lora_utils import LoraSettings, TrainSettings, attach_lora, mean_loss, texts_to_blocks, train_lora
 
 logger = logging.getLogger("lora_ft.finetune_lm")
@@ -101,6 +110,15 @@ def check_target_modules(model_config, lora: LoraSettings) -> None:
                           f"{width}")
 
 
+def check_adapter_target(output_dir: str, model: str, cache_dir: str) -> None:
+    """--output_dir is replaced as a whole: new, empty or an earlier adapter of this tool, and never in or around
+    the model's folder (an adapter_config.json there makes the next load of the model apply the adapter)."""
+    from lib.models import resolve_model
+
+    source = resolve_model(model, cache_dir)[0]
+    check_model_target("--output_dir", output_dir, {"--model folder": source} if Path(source).is_dir() else {})
+
+
 def load_texts(args: FinetuneRun, data_dir: Path | None) -> list[str]:
     """The training documents named by --train_file or --dataset."""
     from lib.data import load_c4_texts, load_wikitext2_rows
@@ -122,8 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     from lib.models import load_config, load_model, load_tokenizer, max_sequence_length
     from lib.sparsity import check_sparsity
 
+    PROGRESS.phase, PROGRESS.written = "check", []
     check_output_dir("--output_dir", args.output_dir)
     check_output_dir("--cache_dir", args.cache_dir)
+    check_adapter_target(args.output_dir, args.model, args.cache_dir)
     data_dir = resolve_data_dir(args.data_dir)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
 
@@ -139,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     if train.gradient_accumulation_steps > blocks.shape[0]:
         raise ConfigError(f"gradient_accumulation_steps {train.gradient_accumulation_steps} exceeds the "
                           f"{blocks.shape[0]} training blocks; use at most {blocks.shape[0]}")
+    PROGRESS.phase = "load"
     model, tokenizer = load_model(args.model, cache_dir=args.cache_dir, dtype=dtype)
     sparsity = check_sparsity(model)[0]
     print(f"base model {args.model}: sparsity {sparsity:.4f}")
@@ -149,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {list(lora.target_modules)}: "
           f"{trainable:,} trainable parameters")
     start = time.time()
+    PROGRESS.phase = "training"
     losses = train_lora(peft_model, blocks, train)
     seconds = time.time() - start
     # The loss on the first (up to) 8 training blocks, without dropout: one honest before/after pair.
@@ -157,16 +179,21 @@ def main(argv: list[str] | None = None) -> dict:
         probe_before = mean_loss(peft_model, probe)
     probe_after = mean_loss(peft_model, probe)
 
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # train_log.json last: it marks a finished adapter (written atomically).
-    peft_model.save_pretrained(out)
+    out = Path(args.output_dir).expanduser()
     log = {"model": args.model, "base_sparsity": sparsity, "lora": dataclasses.asdict(lora),
            "train": dataclasses.asdict(train), "blocks": list(blocks.shape), "steps": len(losses), "seconds": round(seconds, 1),
            "first_step_loss": losses[0], "last_step_loss": losses[-1],
            "probe_loss_base": probe_before, "probe_loss_adapter": probe_after, "losses": losses,
            "command": " ".join(["python", "lora_ft/finetune_lm.py", *(argv if argv is not None else sys.argv[1:])])}
-    write_atomic(out / "train_log.json", json.dumps(log, indent=2))
+    PROGRESS.phase = "save"
+
+    def save(folder: Path) -> None:
+        peft_model.save_pretrained(folder)
+        write_atomic(folder / "train_log.json", json.dumps(log, indent=2))
+
+    # Adapter and train_log.json into a temporary sibling renamed over out: a kill never leaves half an adapter.
+    save_model_atomic(save, None, out, record={"written_by": "lora_ft/finetune_lm.py", "model": args.model})
+    PROGRESS.written.append(str(out))
     print(f"{len(losses)} steps in {seconds:.0f}s; loss {losses[0]:.4f} (first step) -> {losses[-1]:.4f} (last); "
           f"loss on {probe.shape[0]} training blocks {probe_before:.4f} (base) -> {probe_after:.4f} (base + adapter)")
     print(f"adapter saved to {out} (dense: merge with lora_ft/evaluate_ppl.py --merge_masked to keep sparsity)")
@@ -174,4 +201,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, PROGRESS))

@@ -87,6 +87,10 @@ def test_registries_and_config_import_no_plugin():
         deps = module_imports(LIB / module)
         assert not any(dep.startswith(("lib.methods", "lib.addons", "lib.plugins")) for dep in deps), module
     assert "import torch" not in (LIB / "config.py").read_text()
+    # Importing the settings and the CLI helpers loads no torch (an entry point sets its signal handlers first);
+    # the plug-ins, and torch, load when a PruneConfig is built or its flags are listed.
+    code = "import sys, lib.config, lib.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def half_magnitude_score(W: torch.Tensor, stats: dict, config) -> torch.Tensor:

@@ -77,7 +77,7 @@ BAD_INPUTS = [
     (["--sparsity_type", "2:4", "--sparsity_ratio", "0.6"], "sparsity_ratio is 0.6"),
     (["--prune_method", "wanda_selct"], "unknown prune_method 'wanda_selct' (did you mean 'wanda_select'?)"),
     (["--nsamples", "0"], "nsamples 0 must be a positive integer"),
-    (["--seqlen", "-5"], "seqlen -5 must be a positive integer"),
+    (["--seqlen", "-5"], "seqlen -5 must be at least 2 tokens"),
     (["--seqlen", "100000"], "seqlen 100000 exceeds the model's maximum of 256"),
     (["--use_variant", "--prune_method", "sparsegpt"], "--use_variant applies to"),
     (["--calib_dataset", "ptb"], "calib_dataset 'ptb' is not one of"),

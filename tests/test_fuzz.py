@@ -3,6 +3,8 @@ the data, model and output locations: a bad value is exit status 2 and one line 
 nothing written, and the model never loaded. Values that are valid reach the model load, which is stubbed
 out, so the whole suite costs what the checks cost.
 
+A post-load tier (at the end) then runs every flag once, valid, on a real tiny model with nothing stubbed.
+
 Run: .venv/bin/python -m pytest -q tests/test_fuzz.py
 """
 from __future__ import annotations
@@ -373,6 +375,142 @@ def test_every_evaluate_flag_refuses_what_cannot_be_meant(lora_inputs, stub_load
     else:
         assert_one_line(code, err, value)
     assert snapshot(lora_inputs["root"]) == before and not (stub_load / "eval.json").exists()
+
+
+# Post-load tier: every flag of main.py once, with a valid value other than its default, in real runs on a tiny
+# model (nothing stubbed), so what happens after loading (pruning, evaluation, saving, onloading) is reached too.
+# Each run must finish (exit 0) with strict JSON that records the settings, no traceback and no leftovers.
+
+POST_LOAD_RUNS = {
+    "sparsegpt 2:4 bf16": ["--prune_method", "sparsegpt", "--sparsity_type", "2:4", "--blocksize", "32",
+                           "--percdamp", "0.05", "--calib_batch_size", "1", "--seed", "3", "--dtype", "bfloat16",
+                           "--protocol", "experiment"],
+    "selectivity": ["--prune_method", "wanda_select", "--sparsity_ratio", "0.3", "--sel_tau_percentile", "0.5",
+                    "--sel_top_quantile", "0.8", "--sel_idf_clip_max", "5", "--sel_idf_clip_min", "0.1",
+                    "--sel_spiky_clip_max", "5", "--sel_idf_exp", "0.5", "--sel_spiky_exp", "2"],
+    "neuronrank variant": ["--prune_method", "neuronrank_fisher", "--neuronrank_max_classes", "8", "--nr_exp",
+                           "0.5", "--use_variant", "--sparsity_ratio", "0.4"],
+    "neuronrank neurons": ["--prune_method", "neuronrank", "--nr_granularity", "neuron", "--shrink", "--debug"],
+    "owl + dsnot": ["--layer_ratios", "owl", "--owl_m", "3", "--owl_lambda", "0.05", "--owl_score", "method",
+                    "--refine", "dsnot", "--dsnot_cycles", "5", "--dsnot_threshold", "0.05", "--dsnot_same_sign",
+                    "--dsnot_skip", "none"],
+    "ria permuted": ["--prune_method", "ria", "--ria_alpha", "1", "--ria_group", "row", "--sparsity_type", "2:4",
+                     "--permute"],
+    "disk + outputs": ["--offload", "disk", "--offload_dir", "OUT/offload", "--save_model", "OUT/model",
+                       "--save_stats", "--eval_split", "validation", "--calib_dataset", "wikitext2",
+                       "--eval_batch_size", "2", "--cache_dir", "OUT/cache"],
+    "cpu + longest windows": ["--offload", "cpu", "--no_dense_eval", "--seqlen_max"],
+    "device_map": ["--device_map", "auto", "--offload", "none"],
+    "zero-shot": ["--eval_zero_shot", "--tasks", "tinyqa", "--zs_limit", "2", "--zs_batch_size", "2"],
+}
+POST_LOAD_BASE = {"--nsamples": "2", "--seqlen": "32", "--eval_limit": "2"}
+
+
+@pytest.fixture(scope="module")
+def post_load_data(inputs) -> Path:
+    """The module's data with a made-up local zero-shot task (a copy: the shared inputs stay untouched)."""
+    from _zs_helpers import write_local_task
+
+    data = inputs["root"] / "data-with-tasks"
+    shutil.copytree(inputs["data"], data)
+    write_local_task(data)
+    return data
+
+
+def test_post_load_runs_cover_every_flag():
+    given = {a for argv in POST_LOAD_RUNS.values() for a in argv if a.startswith("--")} | set(POST_LOAD_BASE)
+    given |= {"--model", "--data_dir", "--save"}
+    missed = [a.option_strings for a in main.build_parser()._actions
+              if a.option_strings and a.dest != "help" and not set(a.option_strings) & given]
+    assert missed == []
+
+
+@pytest.mark.parametrize("label", list(POST_LOAD_RUNS))
+def test_every_flag_after_loading_finishes_and_records_itself(inputs, post_load_data, tmp_path, monkeypatch, capsys,
+                                                              label):
+    import tempfile
+
+    from lib.runinfo import MARKER
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    extra = [a.replace("OUT", str(tmp_path)) for a in POST_LOAD_RUNS[label]]
+    base = {} if "--seqlen_max" in extra else POST_LOAD_BASE
+    argv = ["--model", inputs["model"], "--data_dir", post_load_data, "--save", tmp_path / "out",
+            *[a for pair in base.items() for a in pair], *extra]
+    code, err = call(main.main, argv, capsys)
+    assert code == 0, err
+    assert not [line for line in err if "Traceback" in line or line.startswith("error")]
+    results = json.loads((tmp_path / "out" / "results.json").read_text(), parse_constant=lambda c: 1 / 0)
+    flags = dict(zip(extra, extra[1:] + [""]))
+    for name, value in results["config"].items():
+        flag = f"--{name}"
+        if flag in flags:
+            recorded = value if not isinstance(value, bool) else True
+            wanted = flags[flag] if not isinstance(value, bool) else True
+            assert str(recorded) == wanted or float(recorded) == float(wanted), (name, recorded, wanted)
+    if "--eval_zero_shot" in extra:
+        assert results["zero_shot"]["tinyqa"]["n"] == 2
+    if "--save_model" in extra:
+        assert (tmp_path / "model" / MARKER).is_file() and (tmp_path / "model" / "config.json").is_file()
+    leftovers = [p for p in tmp_path.rglob(".*") if p.name != MARKER]
+    assert leftovers == [] and list((tmp_path / "tmp").iterdir()) == []
+
+
+LORA_POST_LOAD = {
+    "finetune wikitext2": ["--dataset", "wikitext2", "--max_train_samples", "4", "--block_size", "16",
+                           "--max_steps", "2", "--learning_rate", "1e-3", "--per_device_train_batch_size", "2",
+                           "--gradient_accumulation_steps", "2", "--logging_steps", "1", "--seed", "1",
+                           "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0", "--lora_target_modules",
+                           "q_proj,v_proj,up_proj", "--dtype", "float32", "--cache_dir", "OUT/cache",
+                           "--weight_decay", "0.01"],
+    "finetune train_file": ["--train_file", "OUT/train.txt", "--num_train_epochs", "1", "--block_size", "16",
+                            "--max_train_samples", "2"],
+}
+EVALUATE_POST_LOAD = {
+    "merge masked": ["--seqlen", "32", "--eval_limit", "2", "--eval_batch_size", "2", "--skip_base",
+                     "--merge_masked", "--save_merged", "OUT/merged", "--dtype", "float32", "--cache_dir",
+                     "OUT/cache", "--output", "OUT/eval.json"],
+    "merge + zero-shot": ["--model", "MODEL", "--seqlen", "32", "--eval_limit", "1", "--merge", "--eval_zero_shot",
+                          "--tasks", "tinyqa", "--zs_limit", "2", "--zs_batch_size", "2"],
+}
+
+
+def test_lora_post_load_runs_cover_every_flag():
+    from lora_ft import evaluate_ppl, finetune_lm
+
+    for parser, runs, implied in ((finetune_lm.build_parser(), LORA_POST_LOAD, {"--model", "--output_dir",
+                                                                                "--data_dir"}),
+                                  (evaluate_ppl.build_parser(), EVALUATE_POST_LOAD, {"--lora_weights",
+                                                                                     "--data_dir"})):
+        given = {a for argv in runs.values() for a in argv if a.startswith("--")} | implied
+        assert {a.option_strings[0] for a in parser._actions if a.option_strings} - {"-h"} - given == set()
+
+
+def test_every_lora_flag_after_loading_finishes(inputs, post_load_data, tmp_path, monkeypatch, capsys):
+    from lora_ft import evaluate_ppl, finetune_lm
+
+    from lib.runinfo import MARKER
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.txt").write_text("the cat sat on the mat . " * 40 + "\n\n" + "a big red sun . " * 40)
+    for label, extra in LORA_POST_LOAD.items():
+        argv = ["--model", inputs["model"], "--data_dir", post_load_data, "--output_dir", tmp_path / label,
+                *[a.replace("OUT", str(tmp_path)) for a in extra]]
+        code, err = call(lambda a: run_cli(lambda: finetune_lm.main(a)), argv, capsys)
+        assert code == 0, (label, err)
+        assert (tmp_path / label / "train_log.json").is_file() and (tmp_path / label / MARKER).is_file()
+    adapter = tmp_path / "finetune wikitext2"
+    for label, extra in EVALUATE_POST_LOAD.items():
+        argv = ["--lora_weights", adapter, "--data_dir", post_load_data,
+                *[a.replace("OUT", str(tmp_path)).replace("MODEL", str(inputs["model"])) for a in extra]]
+        code, err = call(lambda a: run_cli(lambda: evaluate_ppl.main(a)), argv, capsys)
+        assert code == 0, (label, err)
+    assert (tmp_path / "merged" / MARKER).is_file()
+    assert json.loads((adapter / "eval_results.json").read_text())["zero_shot"]["tinyqa"]["n"] == 2
+    assert "ppl_merged_masked" in json.loads((tmp_path / "eval.json").read_text())
+    assert [p for p in tmp_path.rglob(".*") if p.name != MARKER] == []
 
 
 # ---------------------------------------------------------------- the experiment runner's flags

@@ -277,7 +277,7 @@ def test_shrink_does_not_touch_the_model_it_was_copied_from():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(prune_method="neuronrank_fisher", neuronrank_max_classes=0), "--neuronrank_max_classes is 0"),
+    (dict(prune_method="neuronrank_fisher", neuronrank_max_classes=0), "--neuronrank_max_classes 0 gives fewer than 2"),
     (dict(prune_method="neuronrank", nr_granularity="neuron", sparsity_type="2:4"), "sparsity_type 2:4"),
     (dict(prune_method="neuronrank", nr_granularity="neuron", use_variant=True), "drop --use_variant"),
     (dict(prune_method="magnitude", nr_granularity="neuron"), "not 'magnitude'"),

@@ -20,7 +20,7 @@ import main
 from conftest import make_tiny_model, make_tokenizer
 from lib.checks import NonFiniteError, check_finite_stats, json_safe
 from lib.config import ConfigError
-from lib.runinfo import save_model_atomic
+from lib.runinfo import MARKER, save_model_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = ["--nsamples", "2", "--seqlen", "32", "--eval_limit", "2"]
@@ -96,7 +96,7 @@ def test_a_failed_model_save_keeps_the_earlier_model_and_leaves_no_half_folder(t
     assert (target / "model.safetensors").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no hidden temporary folders left
     save_model_atomic(FakeModel("third").save_pretrained, FakeTokenizer(), target)
-    assert sorted(p.name for p in target.iterdir()) == ["model.safetensors", "tokenizer.json"]  # replaced whole
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "model.safetensors", "tokenizer.json"]  # replaced whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 

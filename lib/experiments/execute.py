@@ -132,6 +132,8 @@ def run_one(argv: list[str], folder: Path, log_to_file: bool) -> int:
             traceback.print_exc()
             status = 1
     Signals.install()
+    if status == 143:  # main.main's own SIGTERM handler (lib.cli.signals_as_interrupts) stopped the run
+        Signals.terminated = True
     if Signals.terminated and status == 130:
         return 143
     return status

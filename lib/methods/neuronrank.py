@@ -41,10 +41,17 @@ class NeuronRankSettings(Settings):
     """NeuronRank's settings, read by neuronrank and neuronrank_fisher."""
 
     group: ClassVar[str] = "NeuronRank (neuronrank, neuronrank_fisher)"
-    neuronrank_max_classes: int = setting(512, "K most frequent calibration token ids used as classes",
-                                          bounds=">= 0", flags=("--neuronrank_max_classes", "--neuronrank-max-classes"))
+    neuronrank_max_classes: int = setting(512, "K most frequent calibration token ids used as classes: 0 (no "
+                                               "classes: neuronrank's factor is the variance alone) or >= 2 (one "
+                                               "class has no between-class variance)", bounds=">= 0",
+                                          flags=("--neuronrank_max_classes", "--neuronrank-max-classes"))
     nr_exp: float = setting(1.0, "exponent gamma on the channel factor", bounds=f"[0, {MAX_EXPONENT}]",
                             note="0 gives plain Wanda scores")
+
+    def check(self) -> None:
+        if self.neuronrank_max_classes == 1:
+            # One class makes every between-class variance and Fisher ratio 0: the scores degenerate silently.
+            raise ConfigError(f"neuronrank_max_classes {self.neuronrank_max_classes} must be 0 (no classes) or >= 2")
 
 
 def top_token_classes(calib_ids: torch.Tensor, max_classes: int) -> torch.Tensor:
@@ -67,42 +74,74 @@ def prepare_classes(calib_ids: torch.Tensor, config: PruneConfig) -> dict:
     return {"class_ids": class_ids}
 
 
-class InputClassMoments(Collector):
-    """Per input channel: token sums, per-sequence mean sums, and per-class sums (float64), divided in finalize.
+def merge_moments(total: dict[str, torch.Tensor], count: torch.Tensor, sums: torch.Tensor, m2: torch.Tensor) -> None:
+    """Add a batch's (count, sum, M2 = sum of squared deviations from its own mean) into the float64 running
+    total (Chan, Golub & LeVeque's pairwise update), in place. Counts [K, 1] or [] broadcast over channels.
 
-    Memory is (4 + 2K) x in_features float64 plus K counts, whatever the token count, allocated lazily on the
+    Variances from running sums of x and x^2 cancel catastrophically where the variance is tiny next to the
+    mean (NeuronRank's within-class variance is ~1e-9 of x^2 in early layers): the result then depends on how
+    tokens were batched (--calib_batch_size). Deviations from each batch's own mean do not cancel."""
+    count, sums, m2 = count.double(), sums.double(), m2.double()
+    n_a, n = total["count"], total["count"] + count
+    delta = sums / count.clamp_min(1) - total["sum"] / n_a.clamp_min(1)
+    total["m2"] += m2 + delta.pow(2) * (n_a * count / n.clamp_min(1))
+    total["sum"] += sums
+    total["count"] += count
+
+
+def batch_moments(rows: torch.Tensor, groups: torch.Tensor | None = None, ngroups: int = 1):
+    """rows [t, in] (float32) -> (count [], sum [in], M2 [in]), or per group ([G, 1], [G, in], [G, in]) when
+    groups [t] gives each row's group; one temporary the size of rows, no float64 copy."""
+    if groups is None:
+        count = torch.tensor(float(rows.shape[0]), device=rows.device)
+        sums = rows.sum(0)
+        return count, sums, (rows - sums / max(rows.shape[0], 1)).pow(2).sum(0)
+    count = torch.bincount(groups, minlength=ngroups).unsqueeze(1).to(rows.dtype)
+    sums = torch.zeros(ngroups, rows.shape[1], device=rows.device, dtype=rows.dtype).index_add_(0, groups, rows)
+    deviation = rows - (sums / count.clamp_min(1))[groups]
+    return count, sums, torch.zeros_like(sums).index_add_(0, groups, deviation.pow(2))
+
+
+class InputClassMoments(Collector):
+    """Per input channel: token moments, per-sequence mean moments, per-class moments (count, sum, M2; float64,
+    of x minus the first batch's mean, merged pairwise by merge_moments, so --calib_batch_size changes them only
+    by float32 rounding of values near the mean), divided in finalize.
+
+    Memory is (5 + 2K) x in_features float64 plus K counts, whatever the token count, allocated lazily on the
     activations' device. Also publishes Wanda's scaler_row.
     """
 
     def __init__(self, in_features: int, config: PruneConfig, class_ids: torch.Tensor | None = None) -> None:
         super().__init__(in_features, config)
-        self.ntokens = 0
         self.nsamples = 0
         self.class_ids = (class_ids if class_ids is not None else torch.zeros(0)).long().sort().values
         # Running float64 totals, allocated on the activations' device by the first batch, so linears that
         # alias another's input (k, v, up) cost nothing.
-        self.sums: dict[str, torch.Tensor] | None = None
+        self.sums: dict[str, dict[str, torch.Tensor]] | None = None
 
-    def _allocate(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """The float64 totals: 4 per channel, and per class a count and 2 per channel."""
+    def _allocate(self, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+        """Moments (count, sum, M2) of tokens, of sequence means and of each class; the sum of x^2 (scaler_row)."""
         zeros = partial(torch.zeros, dtype=torch.float64, device=device)
         channels, classes = self.in_features, self.class_ids.numel()
         self.class_ids = self.class_ids.to(device)
-        return {"sum_x": zeros(channels), "sum_sq": zeros(channels), "sum_sample_mean": zeros(channels),
-                "sum_sample_mean_sq": zeros(channels), "class_count": zeros(classes),
-                "class_sum": zeros(classes, channels), "class_sum_sq": zeros(classes, channels)}
+        moments = lambda *shape: {"count": zeros(*shape[:-1], 1) if len(shape) > 1 else zeros(()),  # noqa: E731
+                                  "sum": zeros(*shape), "m2": zeros(*shape)}
+        return {"token": moments(channels), "sample": moments(channels), "class": moments(classes, channels),
+                "sum_sq": {"x": zeros(channels)}, "shift": {}}
 
     def add_batch(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> None:
         """x [batch, seq, in] or [tokens, in]; token_ids with one id per token ([batch, seq]) when K > 0."""
         samples, rows = samples_and_rows(x)
+        rows = rows.float()
         sums = self.sums = self.sums if self.sums is not None else self._allocate(rows.device)
-        # Each batch is summed in float32 (no float64 copy of the activations), the totals kept in float64.
-        sums["sum_x"] += rows.sum(0)
-        sums["sum_sq"] += rows.pow(2).sum(0)
-        sample_means = rows.reshape(samples, -1, rows.shape[-1]).mean(1)
-        sums["sum_sample_mean"] += sample_means.sum(0)
-        sums["sum_sample_mean_sq"] += sample_means.pow(2).sum(0)
-        self.ntokens += rows.shape[0]
+        sums["sum_sq"]["x"] += rows.pow(2).sum(0)
+        if "x" not in sums["shift"]:
+            sums["shift"]["x"] = rows.mean(0)
+        # Moments of x - shift (the first batch's mean): float32 sums of values near the mean keep the
+        # precision that class means need (B_j compares class means that differ by ~1e-4 of the mean).
+        rows = rows - sums["shift"]["x"]
+        merge_moments(sums["token"], *batch_moments(rows))
+        merge_moments(sums["sample"], *batch_moments(rows.reshape(samples, -1, rows.shape[-1]).mean(1)))
         self.nsamples += samples
         if not self.class_ids.numel():
             return
@@ -113,37 +152,29 @@ class InputClassMoments(Collector):
         flat = token_ids.reshape(-1).to(rows.device).long()
         pos = torch.searchsorted(self.class_ids, flat).clamp(max=self.class_ids.numel() - 1)
         hit = self.class_ids[pos] == flat
-        cls, picked = pos[hit], rows[hit]
-        classes = self.class_ids.numel()
-        sums["class_count"] += torch.bincount(cls, minlength=classes)
-        sums["class_sum"] += torch.zeros(classes, rows.shape[1], device=rows.device).index_add_(0, cls, picked)
-        sums["class_sum_sq"] += torch.zeros(classes, rows.shape[1], device=rows.device).index_add_(
-            0, cls, picked.pow(2))
+        merge_moments(sums["class"], *batch_moments(rows[hit], pos[hit], self.class_ids.numel()))
 
     def finalize(self) -> dict[str, torch.Tensor]:
         """scaler_row, nr_mean, nr_var, nr_sample_mean_var, nr_between, nr_within, nr_fisher [in]; nr_class_tokens []."""
         if self.sums is None:
             raise RuntimeError("InputClassMoments.finalize() before any add_batch()")
-        totals = self.sums
-        ntokens, nsamples = max(self.ntokens, 1), max(self.nsamples, 1)
-        mean = totals["sum_x"] / ntokens
-        var = (totals["sum_sq"] / ntokens - mean.pow(2)).clamp_min(0)
-        sample_mean = totals["sum_sample_mean"] / nsamples
-        sample_mean_var = (totals["sum_sample_mean_sq"] / nsamples - sample_mean.pow(2)).clamp_min(0)
-        class_count = totals["class_count"]
+        token, sample, cls = self.sums["token"], self.sums["sample"], self.sums["class"]
+        ntokens = token["count"].clamp_min(1)
+        mean, var = self.sums["shift"]["x"].double() + token["sum"] / ntokens, token["m2"] / ntokens
+        sample_mean_var = sample["m2"] / sample["count"].clamp_min(1)
+        class_count = cls["count"].squeeze(1)
         class_tokens = class_count.sum()
         if class_tokens > 0:
             seen = class_count > 0
-            count, sums, sums_sq = class_count[seen], totals["class_sum"][seen], totals["class_sum_sq"][seen]
-            class_mean = sums / count.unsqueeze(1)
-            overall = sums.sum(0) / class_tokens
-            between = (count.unsqueeze(1) * (class_mean - overall).pow(2)).sum(0) / class_tokens
-            within = ((sums_sq - sums * class_mean).sum(0) / class_tokens).clamp_min(0)
+            count, class_sums = class_count[seen].unsqueeze(1), cls["sum"][seen]
+            overall = class_sums.sum(0) / class_tokens
+            between = (count * (class_sums / count - overall).pow(2)).sum(0) / class_tokens
+            within = cls["m2"][seen].sum(0) / class_tokens
         else:
             between = within = torch.zeros_like(mean)
         eps = FISHER_EPS_REL * (between + within).mean() + FISHER_EPS_ABS
         fisher = between / (within + eps)
-        out = {"scaler_row": totals["sum_sq"] / nsamples, "nr_mean": mean, "nr_var": var,
+        out = {"scaler_row": self.sums["sum_sq"]["x"] / max(self.nsamples, 1), "nr_mean": mean, "nr_var": var,
                "nr_sample_mean_var": sample_mean_var, "nr_between": between, "nr_within": within,
                "nr_fisher": fisher, "nr_class_tokens": class_tokens}
         return {name: value.float() for name, value in out.items()}
@@ -173,9 +204,10 @@ def neuronrank_score(W: torch.Tensor, stats: dict, config: PruneConfig,
 
 def check_neuronrank(config: PruneConfig, needs_classes: bool) -> None:
     """Settings NeuronRank cannot honour, one line each."""
-    if needs_classes and config.neuronrank_max_classes == 0:
-        raise ConfigError(f"{config.prune_method} ranks channels by token classes but --neuronrank_max_classes "
-                          f"is 0; set it > 0 (default 512)")
+    if needs_classes and config.neuronrank_max_classes < 2:
+        raise ConfigError(f"{config.prune_method} ranks channels by how token classes differ, but "
+                          f"--neuronrank_max_classes {config.neuronrank_max_classes} gives fewer than 2 classes (the "
+                          "Fisher ratio is then 0 for every channel); set it >= 2 (default 512)")
 
 
 def summarize_neuronrank(stats: dict, config: PruneConfig) -> dict:
