@@ -402,6 +402,9 @@ POST_LOAD_RUNS = {
     "cpu + longest windows": ["--offload", "cpu", "--no_dense_eval", "--seqlen_max"],
     "device_map": ["--device_map", "auto", "--offload", "none"],
     "zero-shot": ["--eval_zero_shot", "--tasks", "tinyqa", "--zs_limit", "2", "--zs_batch_size", "2"],
+    "admm gradual + depth ramp": ["--prune_method", "wanda_spiky", "--reconstruct", "admm_gradual", "--admm_iterations",
+                                  "4", "--admm_prune_steps", "3", "--admm_damp", "0.05", "--admm_rho", "2",
+                                  "--layer_ratios", "depth_ramp", "--ramp_beta", "0.1", "--sparsity_ratio", "0.6"],
 }
 POST_LOAD_BASE = {"--nsamples": "2", "--seqlen": "32", "--eval_limit": "2"}
 
