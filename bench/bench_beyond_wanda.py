@@ -1,11 +1,11 @@
-"""Cost of the add-ons (OWL, DSnoT, RIA, N:M permutation) against wanda, side by side in one run (a benchmark, not
-a test).
+"""Cost of the add-ons (OWL, DSnoT, RIA, N:M permutation, ADMM reconstruction, depth ramp) against wanda and
+sparsegpt, side by side in one run (a benchmark, not a test).
 
     WANDA_DATA_DIR=../shared/data python bench/bench_beyond_wanda.py [--model smollm2-135m] [--nsamples 32] \
         [--seqlen 512] [--malloc_mmap_threshold 131072]
 
 Each configuration prunes once in a fresh subprocess (so peak RSS is its own); prune_model's wall and CPU seconds
-and peak RSS, as ratios to wanda at the same sparsity type.
+and peak RSS, as ratios to wanda and to sparsegpt at the same sparsity type.
 """
 from __future__ import annotations
 
@@ -39,6 +39,14 @@ CONFIGS = [
     ("wanda + permute", "2:4", {"prune_method": "wanda", "permute": True}),
     ("ria + permute", "2:4", {"prune_method": "ria", "permute": True}),
     ("wanda + dsnot", "2:4", {"prune_method": "wanda", "refine": "dsnot"}),
+    ("wanda + admm", "unstructured", {"prune_method": "wanda", "reconstruct": "admm"}),
+    ("wanda + admm_gradual", "unstructured", {"prune_method": "wanda", "reconstruct": "admm_gradual"}),
+    ("wanda + depth_ramp", "unstructured", {"prune_method": "wanda", "layer_ratios": "depth_ramp"}),
+    ("wanda_spiky + admm", "unstructured", {"prune_method": "wanda_spiky", "reconstruct": "admm"}),
+    ("sparsegpt", "2:4", {"prune_method": "sparsegpt"}),
+    ("wanda + admm", "2:4", {"prune_method": "wanda", "reconstruct": "admm"}),
+    ("wanda + admm_gradual", "2:4", {"prune_method": "wanda", "reconstruct": "admm_gradual"}),
+    ("ria + permute + admm", "2:4", {"prune_method": "ria", "permute": True, "reconstruct": "admm"}),
 ]
 
 
@@ -69,18 +77,20 @@ def main() -> None:
     print(f"# {args.model}, nsamples {args.nsamples}, seqlen {args.seqlen}, seed {args.seed}; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"MALLOC_MMAP_THRESHOLD_={malloc}")
-    print(f"{'configuration':<30}{'type':<14}{'wall s':>8}{'x wanda':>9}{'CPU s':>8}{'x wanda':>9}"
-          f"{'peak RSS MiB':>14}{'x wanda':>9}{'above load MiB':>16}")
-    base: dict[str, dict] = {}
-    for label, sparsity_type, fields in CONFIGS:
-        r = run_child(__file__, ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen",
-                                 str(args.seqlen), "--seed", str(args.seed), "--sparsity_type", sparsity_type,
-                                 "--fields", json.dumps(fields)])
-        b = base.setdefault(sparsity_type, r)
-        print(f"{label:<30}{sparsity_type:<14}{r['seconds']:>8.1f}{r['seconds'] / b['seconds']:>9.2f}"
-              f"{r['cpu_seconds']:>8.1f}{r['cpu_seconds'] / b['cpu_seconds']:>9.2f}{r['rss_peak_mb']:>14.0f}"
-              f"{r['rss_peak_mb'] / b['rss_peak_mb']:>9.2f}{r['rss_peak_mb'] - r['rss_loaded_mb']:>16.0f}",
-              flush=True)
+    rows = [(label, sparsity_type, run_child(__file__, [
+        "--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--seed",
+        str(args.seed), "--sparsity_type", sparsity_type, "--fields", json.dumps(fields)]))
+        for label, sparsity_type, fields in CONFIGS]
+    wanda = {t: r for label, t, r in reversed(rows) if label == "wanda"}
+    sparsegpt = {t: r for label, t, r in rows if label == "sparsegpt"}
+    print(f"{'configuration':<30}{'type':<14}{'wall s':>8}{'x wanda':>9}{'x sgpt':>8}{'CPU s':>8}{'x wanda':>9}"
+          f"{'peak RSS MiB':>14}{'x wanda':>9}{'x sgpt':>8}{'above load MiB':>16}")
+    for label, t, r in rows:
+        w, g = wanda[t], sparsegpt[t]
+        print(f"{label:<30}{t:<14}{r['seconds']:>8.1f}{r['seconds'] / w['seconds']:>9.2f}"
+              f"{r['seconds'] / g['seconds']:>8.2f}{r['cpu_seconds']:>8.1f}{r['cpu_seconds'] / w['cpu_seconds']:>9.2f}"
+              f"{r['rss_peak_mb']:>14.0f}{r['rss_peak_mb'] / w['rss_peak_mb']:>9.2f}"
+              f"{r['rss_peak_mb'] / g['rss_peak_mb']:>8.2f}{r['rss_peak_mb'] - r['rss_loaded_mb']:>16.0f}")
 
 
 if __name__ == "__main__":

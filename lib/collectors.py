@@ -60,7 +60,9 @@ class InputSquares(Collector):
 class InputHessian(Collector):
     """SparseGPT's layer Hessian H [in, in] = 2 X X^T / (number of calibration sequences)."""
 
-    def __init__(self, in_features: int, config: PruneConfig) -> None:
+    def __init__(self, in_features: int, config: PruneConfig, **context) -> None:
+        # context: the method's collector context (selectivity's scratch buffers) when an add-on (--reconstruct)
+        # adds this collector to another method's; unused.
         super().__init__(in_features, config)
         # Allocated by the first batch on the activations' device: linears that alias another's input (k, v,
         # up) never get one, and a layer on the GPU keeps its Hessian there.

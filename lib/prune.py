@@ -249,6 +249,7 @@ class CalibrationHooks:
         return {name: finalized[self.aliases.get(name, name)] for name in self.linears}
 
 
+@torch.no_grad()
 def calibrate(layer: nn.Module, linears: dict[str, nn.Linear], inps: torch.Tensor, kwargs: dict,
               calib_ids: torch.Tensor, collectors: tuple[type[Collector], ...], config: PruneConfig, context: dict,
               batch: int) -> dict[str, dict]:
@@ -267,14 +268,16 @@ def of_kind(addons: list[AddOn], kind: type) -> list:
 
 
 def choose_mask(item: LinearMask, method: Method, config: PruneConfig, addons: list[AddOn]) -> None:
-    """item.order and item.mask from the score: the column order's (if any), the one mask function (or Wanda's
-    variant), then every mask refiner in turn."""
+    """item.order and item.mask from the score: the column order's (if any), a reconstruction's own mask (gradual
+    pruning) or the one mask function (or Wanda's variant), then every mask refiner in turn."""
     for column_order in of_kind(addons, ColumnOrder):  # at most one: --permute selects it
         item.order = column_order.order(item.scores)
         item.scores = item.ordered(item.scores)
-    if config.use_variant and not config.prune_n:
+    for reconstruction in of_kind(addons, WeightReconstruction):  # at most one: --reconstruct selects it
+        item.mask = reconstruction.select(item, method, config)
+    if item.mask is None and config.use_variant and not config.prune_n:
         item.mask = make_variant_mask(item.scores, config.sparsity_ratio)
-    else:
+    elif item.mask is None:
         item.mask = make_mask(item.scores, config.sparsity_ratio, config.prune_n, config.prune_m,
                               method.mask_group(config))
     for refiner in of_kind(addons, MaskRefiner):
@@ -283,7 +286,11 @@ def choose_mask(item: LinearMask, method: Method, config: PruneConfig, addons: l
 
 def prune_linear(name: str, linear: nn.Linear, stats: dict, method: Method, config: PruneConfig,
                  addons: list[AddOn]) -> None:
-    """Prune one linear in place: the method's reconstruction, or its score -> mask -> the add-ons' post-steps."""
+    """Prune one linear in place: the method's reconstruction, or its score -> mask -> the add-ons' post-steps.
+
+    A weight reconstruction fits the dense weights' outputs with the final mask, in the stored column order, which
+    is the statistics' order: before a column order folds into the MLP (so the statistics need no reordering).
+    """
     W = linear.weight.data
     if method.update is not None:
         linear.weight.data = method.update(W.float(), stats, config).to(W.dtype)
@@ -291,18 +298,12 @@ def prune_linear(name: str, linear: nn.Linear, stats: dict, method: Method, conf
     weight = W.float()
     item = LinearMask(name, weight, stats, method.score(weight, stats, config))
     choose_mask(item, method, config, addons)
-    reconstructions = of_kind(addons, WeightReconstruction)
-    # The dense weights for a reconstruction, kept apart: zeroing below writes into W (weight is W for float32).
-    dense = weight.clone() if reconstructions else None
-    column_orders = of_kind(addons, ColumnOrder)
-    if column_orders:
-        mask = column_orders[0].apply(linear, item)
-    else:
-        mask = item.mask
-        W[mask] = 0
-    for reconstruction in reconstructions:
-        dense = reconstruction.reconstruct(dense, mask, stats)
-        linear.weight.data = dense.to(linear.weight.dtype)
+    mask = item.stored_mask()
+    for reconstruction in of_kind(addons, WeightReconstruction):  # item.weight is still the dense weights
+        linear.weight.data = reconstruction.reconstruct(item.weight, mask, stats).to(W.dtype)
+    linear.weight.data[mask] = 0
+    for column_order in of_kind(addons, ColumnOrder):
+        column_order.apply(linear, item)
 
 
 def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, dict], method: Method,
@@ -320,6 +321,7 @@ def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, d
         prune_linear(name, linear, stats[name], method, config, addons)
 
 
+@torch.no_grad()
 def propagate(layer: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: dict, batch: int) -> None:
     """Propagate phase: the pruned layer's outputs written into outs [n, seqlen, hidden], batch by batch."""
     device = layer_device(layer)
@@ -327,6 +329,10 @@ def propagate(layer: nn.Module, inps: torch.Tensor, outs: torch.Tensor, kwargs: 
         outs[j:j + batch] = hidden_of(layer(inps[j:j + batch].to(device), **kwargs))
 
 
+# No autograd anywhere in the walk, whoever calls it: a forward with grad on keeps every layer's graph alive through
+# the activation buffers (15.7 GiB by layer 10 of smollm2 with 128 windows). torch.no_grad wraps a generator's every
+# resume; the caller's body between resumes runs under the caller's own mode, so calibrate has its own decorator.
+@torch.no_grad()
 def layer_walk(model: nn.Module, layers: nn.ModuleList, calib_ids: torch.Tensor, needs_data: bool, batch: int,
                store: LayerStore | None, changes_weights: bool, desc: str, seconds: list[float] | None = None):
     """The walk every pass shares: yields (index, layer on its device, inps, kwargs) per decoder layer; when the
@@ -385,8 +391,8 @@ def needs_calibration(method: Method, config: PruneConfig) -> bool:
 
 
 def check_layers(layers: nn.ModuleList, config: PruneConfig) -> None:
-    """Fail before any work if some linear's input width is not a multiple of M, or a settings section's check
-    of the first layer's shapes fails (works on the meta device)."""
+    """Fail before any work if some linear's input width is not a multiple of M, a settings section's check of
+    the first layer's shapes fails, or an add-on cannot honour the layer count (works on the meta device)."""
     linears = find_linears(layers[0])
     if config.prune_m:
         for name, linear in linears.items():
@@ -395,6 +401,8 @@ def check_layers(layers: nn.ModuleList, config: PruneConfig) -> None:
                                   f"M={config.prune_m}; {config.sparsity_type} cannot apply")
     for section in config.sections:
         section.check_layer(linears)
+    for addon in selected_addons(config):
+        addon.check_model(len(layers))
 
 
 def layer_sparsity(linears: dict[str, nn.Linear], original: int) -> float:

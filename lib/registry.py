@@ -15,8 +15,8 @@ per-layer list the same way). One instance runs per prune_model call and keeps t
   LayerRatioPolicy      per-layer sparsities, from a dense calibration walk before pruning (OWL);
   ColumnOrder           the column order an N:M mask is chosen in, and how the mask lands on the weights (permute);
   MaskRefiner           a post-step changing a linear's mask (DSnoT);
-  WeightReconstruction  a post-step changing the kept weights given the final mask and the statistics (e.g. the
-                        layer's Hessian from lib.collectors.InputHessian, the one Hessian collector).
+  WeightReconstruction  a post-step fitting the kept weights to the dense ones' outputs given the final mask and the
+                        statistics (the layer's Hessian from lib.collectors.InputHessian, the one Hessian collector).
 Add-on modules live in `lib/addons/`, registering themselves with `register_addon`; `lib.addons` imports them.
 """
 from __future__ import annotations
@@ -132,6 +132,12 @@ class LinearMask:
         """The last dimension of t ([in] or [out, in]) in `order`."""
         return t if self.order is None else t[..., self.order.to(t.device)]
 
+    def stored_mask(self) -> torch.Tensor:
+        """mask [out, in] with its columns back in the stored order."""
+        if self.order is None:
+            return self.mask
+        return self.mask.new_zeros(self.mask.shape).index_copy_(1, self.order.to(self.mask.device), self.mask)
+
 
 # A dense calibration walk a layer-ratio policy may run: (collector classes, collector context, progress label)
 # -> per decoder layer, (its linears {name: nn.Linear}, their statistics {name: dict}); weights untouched.
@@ -165,6 +171,10 @@ class AddOn:
     def needs_calibration(self, method: Method) -> bool:
         """True when this add-on reads calibration data (its collectors, or its own dense walk)."""
         return bool(self.collectors)
+
+    def check_model(self, layers: int) -> None:
+        """Raise ConfigError for a model this add-on cannot honour: `layers` decoder layers (counted on the meta
+        device, before any weight loads)."""
 
     def start_layer(self, index: int, linears: dict[str, nn.Linear]) -> None:
         """Called before the compress phase of decoder layer `index` (0-based) with its linears."""
@@ -212,15 +222,20 @@ class MaskRefiner(AddOn):
 class WeightReconstruction(AddOn):
     """A post-step on the kept weights given the final mask (--reconstruct NAME, the setting its module declares).
 
-    The statistics are in the input order the calibration saw: where a column order was folded into the MLP
-    (--permute), the narrowing linear's columns are permuted (the ColumnOrder's results say how), so a
-    reconstruction reading per-input statistics refuses --permute in its check or reorders them."""
+    The statistics are in the input order the calibration saw, which is the stored order when reconstruct runs:
+    the driver calls it before a column order (--permute) folds into the MLP."""
 
     kind, selector, off = "weight reconstruction", "reconstruct", "none"
 
+    def select(self, item: LinearMask, method: Method, config: PruneConfig) -> torch.Tensor | None:
+        """A reconstruction that chooses the mask itself (gradual pruning) returns it [out, in] here, from the
+        unpruned item.weight and this layer's config (its sparsity); None (default): the mask function chooses."""
+        return None
+
     def reconstruct(self, W: torch.Tensor, mask: torch.Tensor, stats: dict) -> torch.Tensor:
-        """W [out, in] float, the weights before the mask (the dense layer's, or an earlier reconstruction's),
-        mask [out, in] (True = pruned) in the stored order -> W' [out, in] float, zero where mask."""
+        """W [out, in] float, the dense weights (a layer-wise objective fits their outputs), mask [out, in] ->
+        W' [out, in], zero where mask. Called before a column order folds into the MLP: W, mask and the
+        statistics share the stored order."""
         raise NotImplementedError
 
 

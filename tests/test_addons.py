@@ -15,6 +15,7 @@ from lib import PruneConfig, prune_model
 from lib.config import ConfigError
 from lib.models import find_decoder_layers, find_linears
 from lib.plugins import find_method
+from lib.prune import needs_calibration
 from test_permute import nm_in_order
 
 
@@ -24,6 +25,12 @@ COMBINATIONS = {
     "permute": dict(permute=True),
     "owl+dsnot": dict(layer_ratios="owl", refine="dsnot"),
     "permute+dsnot": dict(permute=True, refine="dsnot", dsnot_skip="none"),
+    "admm": dict(reconstruct="admm"),
+    "admm_gradual": dict(reconstruct="admm_gradual"),
+    "depth_ramp": dict(layer_ratios="depth_ramp"),
+    "permute+admm": dict(permute=True, reconstruct="admm"),
+    "depth_ramp+dsnot+admm": dict(layer_ratios="depth_ramp", refine="dsnot", reconstruct="admm"),
+    "owl+admm_gradual": dict(layer_ratios="owl", reconstruct="admm_gradual"),
 }
 
 
@@ -31,12 +38,16 @@ def refusal(method: str, sparsity_type: str, addon: str) -> str | None:
     """The message fragment of the one-line error the combination must raise, or None when it is supported."""
     if "owl" in addon and sparsity_type != "unstructured":
         return "--layer_ratios owl gives each layer its own sparsity"
+    if "depth_ramp" in addon and sparsity_type != "unstructured":
+        return "--layer_ratios depth_ramp gives each layer its own sparsity"
     if "dsnot" in addon and method == "sparsegpt":
         return "--refine dsnot refines a score method's mask"
     if "permute" in addon and sparsity_type == "unstructured":
         return "--permute reorders input channels"
     if "permute" in addon and method == "sparsegpt":
         return "--permute needs a per-weight score"
+    if "admm" in addon and method == "sparsegpt":  # the kinds check in lib.registry.KINDS' order: reconstruction last
+        return "'sparsegpt' reconstructs the weights itself"
     return None
 
 
@@ -61,7 +72,7 @@ def test_every_addon_combination(tiny_model, calib_ids, addon, method, sparsity_
             if config.prune_n:
                 index = results.get("permutations", {}).get(key)
                 assert nm_in_order(linear.weight, None if index is None else torch.tensor(index), 2, 4), key
-    if "owl" in addon:
+    if "owl" in addon or "depth_ramp" in addon:
         assert sum(results["layer_ratios"]) / len(layers) == pytest.approx(0.5, abs=1e-12)
         for ratio, measured in zip(results["layer_ratios"], report.layer_sparsity):
             assert ratio - 1 / 64 <= measured <= ratio + 1e-9  # floor(ratio * width) per row or block; widths >= 64
@@ -69,6 +80,8 @@ def test_every_addon_combination(tiny_model, calib_ids, addon, method, sparsity_
         assert all(s == pytest.approx(0.5, abs=0.01) for s in report.layer_sparsity)
     if "dsnot" in addon:
         assert len(results["refine_swaps"]) == len(layers) and sum(results["refine_swaps"]) > 0
+    if "admm" in addon:
+        assert results["reconstructed_linears"] == sum(len(find_linears(layer)) for layer in layers)
     with torch.no_grad():
         assert torch.isfinite(model(calib_ids[:1]).logits).all()
 
@@ -118,3 +131,12 @@ def test_unsupported_combinations_are_one_line_errors(tmp_path, capsys, extra, m
     assert main.main(["--model", str(tmp_path / "absent"), *extra]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_depth_ramp_default_step_is_half_the_largest_and_needs_no_calibration(tiny_model, calib_ids):
+    # 2 layers at 0.5: beta < min(2 * 0.5, 2 * 0.5) / 1 = 1, so the default is 0.5 and the ratios 0.25, 0.75.
+    config = PruneConfig(prune_method="magnitude", layer_ratios="depth_ramp")
+    assert not needs_calibration(find_method(config), config)
+    report = prune_model(tiny_model("llama"), calib_ids, config)
+    assert report.results() == {"layer_ratios": [0.25, 0.75], "ramp_beta": 0.5}
+    assert report.layer_sparsity == pytest.approx([0.25, 0.75], abs=1 / 64)

@@ -40,6 +40,9 @@ ACCEPTED = {
     # Exponents of methods this run does not use (wanda); negative ones are meaningful (they invert a factor).
     ("sel_idf_exp", "zero"), ("sel_spiky_exp", "zero"), ("nr_exp", "zero"),
     ("sel_idf_exp", "negative"), ("sel_spiky_exp", "negative"),
+    # ADMM (--reconstruct) and depth-ramp settings of add-ons this run does not use: no damping and a zero step
+    # (uniform ratios) are meaningful, and a huge penalty rho only keeps the weights at the masked original.
+    ("admm_damp", "zero"), ("admm_rho", "huge"), ("ramp_beta", "zero"),
 }
 
 
@@ -277,6 +280,14 @@ OTHER_CASES = [
     (["--sparsity_type", "02:04"], "sparsity_type '02:04' is not understood"),
     (["--seed", "-1"], "seed -1 must be >= 0"),
     (["--seqlen", "200", "--eval_limit", "13"], "eval_limit 13 exceeds the 12 windows"),
+    (["--reconstruct", "admn"], "unknown reconstruct 'admn' (did you mean 'admm'?)"),
+    (["--reconstruct", "admm_gradual", "--admm_prune_steps", "30"],
+     "admm_prune_steps 30 must be at most admm_iterations 20"),
+    (["--prune_method", "sparsegpt", "--reconstruct", "admm"], "'sparsegpt' reconstructs the weights itself"),
+    (["--reconstruct", "admm_gradual", "--refine", "dsnot"], "admm_gradual chooses the mask itself"),
+    # The tiny model has 2 decoder layers: beta <= min(2 * 0.5, 2 * 0.5) / 1, strict on the 1 - S side.
+    (["--layer_ratios", "depth_ramp", "--ramp_beta", "1"], "--ramp_beta: depth-ramp beta 1.0 is outside [0, 1)"),
+    (["--layer_ratios", "depth_ramp", "--sparsity_type", "2:4"], "--layer_ratios depth_ramp gives each layer"),
 ]
 
 
@@ -394,6 +405,9 @@ POST_LOAD_RUNS = {
     "text files + bos": ["--bos", "always", "--calib_dataset", "DATA/c4/c4-en-train.00000-of-01024.first1000.jsonl.gz",
                          "--calib_field", "text", "--eval_dataset",
                          "wikitext2,DATA/c4/c4-en-train.00000-of-01024.first1000.jsonl.gz", "--eval_field", "text"],
+    "admm gradual + depth ramp": ["--prune_method", "wanda_spiky", "--reconstruct", "admm_gradual", "--admm_iterations",
+                                  "4", "--admm_prune_steps", "3", "--admm_damp", "0.05", "--admm_rho", "2",
+                                  "--layer_ratios", "depth_ramp", "--ramp_beta", "0.1", "--sparsity_ratio", "0.6"],
 }
 POST_LOAD_BASE = {"--nsamples": "2", "--seqlen": "32", "--eval_limit": "2"}
 

@@ -93,3 +93,20 @@ def test_add_ons_onloaded_from_disk_equal_in_memory(tiny_model_dir, calib_ids, t
         prune_model(ref, calib_ids, config).layer_sparsity
     for ours, theirs in zip(layer_weights(store), layer_weights(ref_store)):
         assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+
+
+@pytest.mark.parametrize("mode", ["cpu", "disk"])
+@pytest.mark.parametrize("extra", [{"reconstruct": "admm"}, {"reconstruct": "admm_gradual", "prune_method": "ria"},
+                                   {"sparsity_type": "2:4", "permute": True, "reconstruct": "admm"},
+                                   {"layer_ratios": "depth_ramp", "reconstruct": "admm", "sparsity_ratio": 0.7}],
+                         ids=["admm", "admm_gradual", "permute+admm", "depth_ramp+admm"])
+def test_reconstruction_onloaded_equals_in_memory(tiny_model_dir, calib_ids, tmp_path, extra, mode):
+    folder = tiny_model_dir("llama")
+    config = PruneConfig(**{"prune_method": "wanda", "nsamples": 8, **extra})
+    ref, _, ref_store = load_with_store(str(folder), "llm_weights", "float32", None, "none", None)
+    model, _, store = load_with_store(str(folder), "llm_weights", "float32", None, mode, str(tmp_path / "off"))
+    report, ref_report = prune_model(model, calib_ids, config, store=store), prune_model(ref, calib_ids, config)
+    assert report.layer_sparsity == ref_report.layer_sparsity and report.results() == ref_report.results()
+    assert report.results()["reconstructed_linears"] == 14  # 7 linears x 2 layers
+    for ours, theirs in zip(layer_weights(store), layer_weights(ref_store)):
+        assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
