@@ -42,6 +42,11 @@ def detect_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def _ignore_ctrl_c() -> None:
+    """In the forked child before exec: SIGINT ignored (an ignored signal stays ignored through exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Worker:
     """One worker process and its reply pipe."""
 
@@ -50,8 +55,11 @@ class Worker:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
+        # The worker starts with Ctrl-C ignored, so a Ctrl-C while Python imports (before its own handler is set)
+        # cannot print a traceback; a Ctrl-C lost there is covered by the pool's SIGTERM after GRACE_S.
         self.proc = subprocess.Popen([sys.executable, "-m", "lib.experiments.workers", str(write)],
-                                     stdin=subprocess.PIPE, pass_fds=(write,), env=env, text=True)
+                                     stdin=subprocess.PIPE, pass_fds=(write,), env=env, text=True,
+                                     preexec_fn=_ignore_ctrl_c)
         os.close(write)
         self.replies = os.fdopen(read)
 
