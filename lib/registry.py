@@ -188,6 +188,18 @@ class LayerRatioPolicy(AddOn):
     """Per-layer sparsities whose mean is the target (--layer_ratios NAME)."""
 
     kind, selector, off = "layer ratios", "layer_ratios", "uniform"
+    nm_note: ClassVar[str] = ""  # appended to the N:M refusal (e.g. what upstream does)
+
+    def check(self, method: Method) -> None:
+        """Per-layer sparsities need unstructured weight pruning: N:M and whole-neuron granularity are refused."""
+        config = self.config
+        if config.prune_n:
+            raise ConfigError(f"--layer_ratios {self.name} gives each layer its own sparsity, but sparsity_type "
+                              f"{config.sparsity_type} fixes every layer at {config.prune_n}/{config.prune_m}; use "
+                              f"--sparsity_type unstructured{self.nm_note}")
+        if method.prunes_layer(config):
+            raise ConfigError(f"--layer_ratios {self.name} sets weight sparsity per layer; '{method.name}' with "
+                              f"--nr_granularity {config.nr_granularity} removes whole neurons")
 
     def ratios(self, walk: DenseWalk, method: Method, context: dict, layers: int) -> list[float]:
         """Each decoder layer's sparsity; `walk` runs the dense model's calibration if the policy needs it."""

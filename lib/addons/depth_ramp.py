@@ -46,16 +46,6 @@ class DepthRamp(LayerRatioPolicy):
         self.layer_ratios: list[float] = []
         self.beta: float | None = None
 
-    def check(self, method: Method) -> None:
-        config = self.config
-        if config.prune_n:
-            raise ConfigError(f"--layer_ratios depth_ramp gives each layer its own sparsity, but sparsity_type "
-                              f"{config.sparsity_type} fixes every layer at {config.prune_n}/{config.prune_m}; use "
-                              f"--sparsity_type unstructured")
-        if method.prunes_layer(config):
-            raise ConfigError(f"--layer_ratios depth_ramp sets weight sparsity per layer; '{method.name}' with "
-                              f"--nr_granularity {config.nr_granularity} removes whole neurons")
-
     def needs_calibration(self, method: Method) -> bool:
         return False
 

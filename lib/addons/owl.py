@@ -94,6 +94,7 @@ class OWL(LayerRatioPolicy):
 
     name = "owl"
     help = "layers with more outlier scores pruned less (one extra dense calibration pass)"
+    nm_note = " (upstream OWL also applies N:M uniformly)"
 
     def __init__(self, config: PruneConfig) -> None:
         super().__init__(config)
@@ -102,14 +103,8 @@ class OWL(LayerRatioPolicy):
 
     def check(self, method: Method) -> None:
         """Combinations OWL cannot honour, one line each."""
+        super().check(method)
         config = self.config
-        if config.prune_n:
-            raise ConfigError(f"--layer_ratios owl gives each layer its own sparsity, but sparsity_type "
-                              f"{config.sparsity_type} fixes every layer at {config.prune_n}/{config.prune_m}; use "
-                              f"--sparsity_type unstructured (upstream OWL also applies N:M uniformly)")
-        if method.prunes_layer(config):
-            raise ConfigError(f"--layer_ratios owl sets weight sparsity per layer; '{method.name}' with "
-                              f"--nr_granularity {config.nr_granularity} removes whole neurons")
         if uses_method_score(config) and method.score is None:
             raise ConfigError(f"--owl_score method needs a per-weight score, and '{method.name}' reconstructs "
                               f"weights without one; use --owl_score wanda")
