@@ -91,6 +91,19 @@ def test_sigterm_during_evaluation_is_one_line_exit_143_and_nothing_written(tiny
     assert not out.exists() and not model_out.exists()
 
 
+def test_ctrl_c_during_evaluation_is_one_line_exit_130_and_nothing_written(tiny_model_dir, data_dir, tmp_path):
+    """A real SIGINT to a real process, during the dense evaluation of a tiny model."""
+    out, model_out = tmp_path / "out", tmp_path / "m"
+    proc = start_stalled(tmp_path, ["--model", tiny_model_dir("llama"), "--data_dir", data_dir, *QUICK,
+                                    "--save", out, "--save_model", model_out], "main.eval_ppl", "main.eval_ppl")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted during dense evaluation; nothing written"
+    assert not out.exists() and not model_out.exists()
+
+
 def test_sigterm_during_the_model_save_removes_its_temporary_folders(tiny_model_dir, data_dir, tmp_path):
     """The save is stopped after it wrote part of the model into its hidden temporary folder."""
     before = "(args[1] / 'model.safetensors').write_bytes(b'x' * 1000)"
