@@ -2,14 +2,19 @@
 sparsegpt, side by side in one run (a benchmark, not a test).
 
     WANDA_DATA_DIR=../shared/data python bench/bench_beyond_wanda.py [--model smollm2-135m] [--nsamples 32] \
-        [--seqlen 512] [--malloc_mmap_threshold 131072]
+        [--seqlen 512] [--malloc_mmap_threshold 131072] [--only 'PATTERN' ...]
+
+    # issue 20's rows (ADMM, gradual ADMM, depth ramp) with their baselines, as RESULTS.md reports them:
+    OMP_NUM_THREADS=1 python bench/bench_beyond_wanda.py --nsamples 16 --seqlen 256 --only '*admm*' '*ramp*'
 
 Each configuration prunes once in a fresh subprocess (so peak RSS is its own); prune_model's wall and CPU seconds
-and peak RSS, as ratios to wanda and to sparsegpt at the same sparsity type.
+and peak RSS, as ratios to wanda and to sparsegpt at the same sparsity type. `--only` keeps the configurations
+whose label matches a pattern (fnmatch), and wanda and sparsegpt at each of their sparsity types.
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import platform
 import time
@@ -50,6 +55,15 @@ CONFIGS = [
 ]
 
 
+def selected(patterns: list[str] | None) -> list[tuple[str, str, dict]]:
+    """CONFIGS whose label matches a pattern (all for None), with the baselines of their sparsity types."""
+    if not patterns:
+        return CONFIGS
+    rows = [c for c in CONFIGS if any(fnmatch.fnmatch(c[0], p) for p in patterns)]
+    types = {t for _, t, _ in rows}
+    return [c for c in CONFIGS if c in rows or (c[0] in ("wanda", "sparsegpt") and c[1] in types)]
+
+
 def child(args: argparse.Namespace) -> dict:
     """Prune once with the JSON-given config fields -> seconds and peak RSS."""
     model, tokenizer = load_model(args.model, dtype=torch.float32)
@@ -69,6 +83,8 @@ def main() -> None:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sparsity_type", default="unstructured", help=argparse.SUPPRESS)
     p.add_argument("--fields", default="{}", help=argparse.SUPPRESS)
+    p.add_argument("--only", nargs="+", metavar="PATTERN",
+                   help="only the configurations whose label matches (fnmatch), with their wanda and sparsegpt rows")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args)))
@@ -80,7 +96,7 @@ def main() -> None:
     rows = [(label, sparsity_type, run_child(__file__, [
         "--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen), "--seed",
         str(args.seed), "--sparsity_type", sparsity_type, "--fields", json.dumps(fields)]))
-        for label, sparsity_type, fields in CONFIGS]
+        for label, sparsity_type, fields in selected(args.only)]
     wanda = {t: r for label, t, r in reversed(rows) if label == "wanda"}
     sparsegpt = {t: r for label, t, r in rows if label == "sparsegpt"}
     print(f"{'configuration':<30}{'type':<14}{'wall s':>8}{'x wanda':>9}{'x sgpt':>8}{'CPU s':>8}{'x wanda':>9}"
