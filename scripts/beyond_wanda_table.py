@@ -1,11 +1,12 @@
-"""RESULTS.md's tables from the results of experiments/addons.toml (and addons_gemma3, owl_sweep): perplexity per
-configuration and column, the paired change vs wanda with a paired t-test, what wanda_spiky adds over wanda under
-the same add-ons, the best configuration per column, and every seed's perplexity.
+"""RESULTS.md's tables from the results of experiments/addons.toml (and addons_gemma3, owl_sweep, reconstruct):
+perplexity per configuration and column, the paired change vs wanda (and vs sparsegpt where it ran) with a paired
+t-test, what wanda_spiky adds over wanda under the same add-ons, the best configuration per column, and every seed's
+perplexity.
 
     .venv/bin/python scripts/beyond_wanda_table.py [RESULTS_DIR]      (default results/beyond_wanda)
 
 Columns are the label prefixes (u50, u60, u70 = unstructured 50/60/70 %, nm24 = 2:4). Perplexity: mean ± sample
-std (n - 1) over the seeds found. Change: per seed both ran, 100 * (ppl / ppl_wanda - 1) against wanda of the same
+std (n - 1) over the seeds found (a cell with fewer seeds than the most common count says how many). Change: per seed both ran, 100 * (ppl / ppl_wanda - 1) against wanda of the same
 column, mean ± sample std, and report.py's two-sided paired t-test on those per-seed changes (n - 1 degrees of
 freedom): 'better'/'worse' at p < 0.05, else 'n.s.'. Best per column: the lowest mean perplexity, and whether it is
 significantly better than wanda and than the runner-up (the same paired test against each).
@@ -20,14 +21,22 @@ from report import mean_std, paired_changes, paired_t_test, significance
 
 COLUMNS = {"u50": "50%", "u60": "60%", "u70": "70%", "nm24": "2:4"}
 METHODS = ["wanda_spiky", "sparsegpt", "wanda", "ria"]  # longest match first
-ADDON_NAMES = {"owl": "owl", "dsnot": "dsnot", "samesign": "(same sign)", "permute": "permute"}
+ADDON_NAMES = {"owl": "owl", "dsnot": "dsnot", "samesign": "(same sign)", "permute": "permute", "admm": "admm",
+               "admm_gradual": "admm_gradual", "ramp": "depth ramp"}
+ALIASES = {"admm_gradual": "wanda_admm_gradual"}  # reconstruct.toml's label for wanda + --reconstruct admm_gradual
+
+
+def _addon_tokens(rest: str) -> list[str]:
+    """'_owl_dsnot' -> ['owl', 'dsnot']; 'admm_gradual' is one add-on."""
+    return [a for a in rest.replace("admm_gradual", "admm-gradual").split("_") if a]
 
 
 def split_label(label: str) -> tuple[str, str]:
     """'u70_wanda_spiky_owl_dsnot' -> ('u70', 'wanda_spiky + owl + dsnot')."""
     column, rest = label.split("_", 1)
+    rest = ALIASES.get(rest, rest)
     method = next(m for m in METHODS if rest == m or rest.startswith(m + "_"))
-    addons = [ADDON_NAMES[a] for a in rest[len(method):].split("_") if a]
+    addons = [ADDON_NAMES[a.replace("-", "_")] for a in _addon_tokens(rest[len(method):])]
     return column, " + ".join([method, *addons]).replace(" + (same sign)", " (same sign)")
 
 
@@ -58,20 +67,26 @@ def tables(ppl: dict[tuple[str, str], dict[int, float]]) -> str:
     columns = [c for c in COLUMNS if any(col == c for col, _ in ppl)]
     configs = sorted({cfg for _, cfg in ppl}, key=lambda cfg: (_config_order(cfg), cfg))
     head = "| configuration | " + " | ".join(COLUMNS[c] for c in columns) + " |\n|---|" + "---:|" * len(columns)
-    out = ["Perplexity, mean ± std over seeds (n seeds in brackets where not 3):", "", head]
+    counts = [len(r) for r in ppl.values()]
+    usual = max(set(counts), key=counts.count)
+    out = [f"Perplexity, mean ± std over {usual} seeds (n seeds in brackets where not {usual}):", "", head]
     for cfg in configs:
         cells = []
         for c in columns:
             runs = ppl.get((c, cfg))
             cells.append("" if not runs else fmt_mean_std(list(runs.values()))
-                         + ("" if len(runs) == 3 else f" (n={len(runs)})"))
+                         + ("" if len(runs) == usual else f" (n={len(runs)})"))
         out.append(f"| {cfg} | " + " | ".join(cells) + " |")
-    out += ["", "Paired change vs wanda (per seed, % of wanda's perplexity), mean ± std, paired t-test:", "", head]
-    for cfg in configs:
-        if cfg == "wanda":
+    for base in ("wanda", "sparsegpt"):
+        if base == "sparsegpt" and not any(cfg == base for _, cfg in ppl):
             continue
-        cells = [change_cell(ppl[(c, cfg)], ppl.get((c, "wanda"), {})) if (c, cfg) in ppl else "" for c in columns]
-        out.append(f"| {cfg} | " + " | ".join(cells) + " |")
+        out += ["", f"Paired change vs {base} (per seed, % of {base}'s perplexity), mean ± std, paired t-test:", "",
+                head]
+        for cfg in configs:
+            if cfg == base:
+                continue
+            cells = [change_cell(ppl[(c, cfg)], ppl.get((c, base), {})) if (c, cfg) in ppl else "" for c in columns]
+            out.append(f"| {cfg} | " + " | ".join(cells) + " |")
     out += ["", "What spikiness adds: wanda_spiky vs wanda under the same add-ons (paired, % of the wanda run):", "",
             head]
     for cfg in configs:
@@ -104,7 +119,9 @@ def _config_order(cfg: str) -> int:
     """wanda first, then its add-ons, ria, wanda_spiky and its add-ons, sparsegpt."""
     order = ["wanda", "wanda + owl", "wanda + dsnot", "wanda + dsnot (same sign)", "wanda + owl + dsnot",
              "wanda + permute", "ria", "ria + permute", "wanda_spiky", "wanda_spiky + owl", "wanda_spiky + dsnot",
-             "wanda_spiky + owl + dsnot", "wanda_spiky + permute", "sparsegpt", "sparsegpt + owl"]
+             "wanda_spiky + owl + dsnot", "wanda_spiky + permute", "sparsegpt", "sparsegpt + owl",
+             "wanda + admm", "wanda + admm_gradual", "wanda + depth ramp", "wanda + depth ramp + admm",
+             "wanda_spiky + admm", "ria + permute + admm"]
     return order.index(cfg) if cfg in order else len(order)
 
 

@@ -322,9 +322,14 @@ def test_beyond_wanda_table_columns_pairs_and_best(tmp_path: Path) -> None:
     assert table.split_label("u70_wanda_spiky_owl_dsnot") == ("u70", "wanda_spiky + owl + dsnot")
     assert table.split_label("u50_wanda_dsnot_samesign") == ("u50", "wanda + dsnot (same sign)")
     assert table.split_label("nm24_sparsegpt") == ("nm24", "sparsegpt")
-    # wanda 10, 12, 14; wanda + owl 9, 11, 13 (-10, -8.3, -7.1 %, p < 0.05); ria 11, 10, 15 (mixed signs).
+    assert table.split_label("u70_admm_gradual") == ("u70", "wanda + admm_gradual")  # reconstruct.toml's labels
+    assert table.split_label("u70_wanda_ramp_admm") == ("u70", "wanda + depth ramp + admm")
+    assert table.split_label("nm24_ria_permute_admm") == ("nm24", "ria + permute + admm")
+    # wanda 10, 12, 14; wanda + owl 9, 11, 13 (-10, -8.3, -7.1 %, p < 0.05); ria 11, 10, 15 (mixed signs);
+    # sparsegpt 10, 12, 14 + 1 and 2 seeds only, so its cell says n=2.
     for label, values in {"u50_wanda": (10.0, 12.0, 14.0), "u50_wanda_owl": (9.0, 11.0, 13.0),
-                          "u50_ria": (11.0, 10.0, 15.0), "u50_wanda_spiky": (9.0, 12.0, 12.6)}.items():
+                          "u50_ria": (11.0, 10.0, 15.0), "u50_wanda_spiky": (9.0, 12.0, 12.6),
+                          "u50_sparsegpt": (11.0, 13.0)}.items():
         for seed, ppl in enumerate(values):
             path = tmp_path / label / f"seed{seed}" / "results.json"
             path.parent.mkdir(parents=True)
@@ -339,6 +344,10 @@ def test_beyond_wanda_table_columns_pairs_and_best(tmp_path: Path) -> None:
     assert "| 50% | ria | 11.0000 | 10.0000 | 15.0000 |" in text
     # wanda_spiky 9, 12, 12.6 against wanda 10, 12, 14: -10, 0, -10 %, t = -2 with 2 d.o.f., p = 0.18.
     assert "| wanda_spiky vs wanda | -6.7 ± 5.8 % n.s. (p=0.18) |" in text
+    assert "| sparsegpt | 12.00 ± 1.41 (n=2) |" in text
+    # vs sparsegpt, paired on seeds 0 and 1: wanda 10/11, 12/13 -> -9.1, -7.7 %.
+    vs_sparsegpt = text.split("Paired change vs sparsegpt")[1].split("\n\n")[1]
+    assert f"| wanda | {(-100 / 11 - 100 / 13) / 2:+.1f} ± " in vs_sparsegpt
 
 
 def test_a_wrong_or_missing_field_is_named_with_its_file_and_skipped(tmp_path, capsys):
