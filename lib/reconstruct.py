@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from lib.sparsity import make_mask
+from lib.sparsity import lowest_k, make_mask
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,7 @@ def scheduled_mask(scores: torch.Tensor, sparsity: float, fraction: float, prune
     if fraction >= 1.0:
         return candidates
     count = int(fraction * int(candidates.sum()))
-    order = scores.masked_fill(~candidates, float("inf")).flatten().argsort(stable=True)[:count]
-    return torch.zeros_like(candidates).flatten().scatter_(0, order, True).reshape(scores.shape)
+    return lowest_k(scores.masked_fill(~candidates, float("inf")).reshape(1, -1), count).reshape(scores.shape)
 
 
 def gradual_admm(W: torch.Tensor, system: AdmmSystem, sparsity: float, score: MaskScore, prune_n: int = 0,

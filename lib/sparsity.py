@@ -11,30 +11,46 @@ from lib.config import ConfigError
 logger = logging.getLogger(__name__)
 
 
+def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """scores [r, n] -> bool [r, n]: the k lowest scores of each row, ties broken by position.
+
+    The same set as argsort(dim=1, stable=True)[:, :k], found by a selection (kthvalue) instead of a full sort:
+    every score below the k-th smallest value, then the first of the scores equal to it, by position, until k.
+    Several times faster than the sort on CPU (gradual ADMM selects a mask 15 times per linear). Scores holding
+    NaN, and dtypes kthvalue lacks, take the sort.
+    """
+    if k <= 0 or k >= scores.shape[1] or scores.dtype not in (torch.float32, torch.float64) or bool(scores.isnan().any()):
+        if k <= 0:
+            return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        idx = scores.argsort(dim=1, stable=True)[:, :k]
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, idx, True)
+    kth = scores.kthvalue(k, dim=1, keepdim=True).values
+    chosen = scores < kth
+    ties = scores == kth
+    missing = k - chosen.sum(dim=1, keepdim=True)
+    return chosen.logical_or_(ties.logical_and_(ties.cumsum(dim=1) <= missing))
+
+
 def make_mask(scores: torch.Tensor, sparsity_ratio: float, prune_n: int = 0, prune_m: int = 0,
               group: str = "row") -> torch.Tensor:
     """scores [out, in] -> bool mask [out, in], True = prune (lowest scores).
 
     N:M (prune_n > 0): exactly N of every M consecutive input columns in each row.
     Unstructured: exactly floor(ratio * in) per row (group='row', Wanda) or floor(ratio * numel) over the
-    whole matrix (group='layer', magnitude). Ties break by position (stable sort), so masks are reproducible.
+    whole matrix (group='layer', magnitude). Ties break by position (a stable sort's order), so masks are
+    reproducible; unstructured masks are found by a selection (lowest_k), not a full sort.
     """
-    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     if prune_n:
         if scores.shape[1] % prune_m:
             raise ConfigError(f"a layer with {scores.shape[1]} input columns cannot be pruned {prune_n}:{prune_m}; "
                               f"the width must be a multiple of {prune_m}")
-        groups = scores.reshape(-1, prune_m)
-        idx = groups.argsort(dim=1, stable=True)[:, :prune_n]
-        return mask.reshape(-1, prune_m).scatter_(1, idx, True).reshape(scores.shape)
+        idx = scores.reshape(-1, prune_m).argsort(dim=1, stable=True)[:, :prune_n]
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).reshape(-1, prune_m).scatter_(
+            1, idx, True).reshape(scores.shape)
     if group == "row":
-        k = int(scores.shape[1] * sparsity_ratio)
-        idx = scores.argsort(dim=1, stable=True)[:, :k]
-        return mask.scatter_(1, idx, True)
+        return lowest_k(scores, int(scores.shape[1] * sparsity_ratio))
     if group == "layer":
-        k = int(scores.numel() * sparsity_ratio)
-        idx = scores.flatten().argsort(stable=True)[:k]
-        return mask.flatten().scatter_(0, idx, True).reshape(scores.shape)
+        return lowest_k(scores.reshape(1, -1), int(scores.numel() * sparsity_ratio)).reshape(scores.shape)
     raise ValueError(f"group '{group}' is not one of ['layer', 'row']")
 
 

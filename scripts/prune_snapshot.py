@@ -5,7 +5,7 @@
 
 Cases: every registered method x {unstructured, 2:4, 4:8} x tiny {llama, opt, neox, gemma2, qwen2} (the test
 suite's in-process models, calibration ids [8, 32] seed 0), plus neuron granularity (with and without --shrink),
---use_variant, and the add-ons (OWL, DSnoT, permutation, RIA's settings) on llama, opt and neox. Each case
+--use_variant, and the add-ons (OWL, DSnoT, permutation, RIA's settings, ADMM, gradual ADMM, depth ramp) on llama, opt and neox. Each case
 records the sha256 of every weight (names, shapes, dtypes, bytes), the loss on fixed ids (float.hex, exact),
 the per-layer sparsity and the fields main.py writes to results.json from the prune report (--save_stats on).
 Then main.main runs end to end on saved tiny llama and opt models with fabricated data (tests/conftest.py's),
@@ -117,6 +117,11 @@ def addon_cases() -> list[list[str]]:
         ["--prune_method", "wanda_select", "--sel_idf_exp", "0.5", "--sel_spiky_exp", "2"],
         ["--prune_method", "sparsegpt", "--blocksize", "32", "--percdamp", "0.1", "--sparsity_ratio", "0.6"],
         ["--prune_method", "magnitude", "--sparsity_ratio", "0.3"],
+        ["--prune_method", "wanda", "--reconstruct", "admm", "--sparsity_type", "2:4"],
+        ["--prune_method", "wanda", "--reconstruct", "admm_gradual", "--sparsity_ratio", "0.7"],
+        ["--prune_method", "wanda_spiky", "--reconstruct", "admm_gradual", "--sparsity_type", "4:8"],
+        ["--prune_method", "ria", "--permute", "--sparsity_type", "2:4", "--reconstruct", "admm"],
+        ["--prune_method", "wanda", "--layer_ratios", "depth_ramp", "--reconstruct", "admm", "--sparsity_ratio", "0.7"],
         # Refused combinations: the message must stay the same too.
         ["--prune_method", "sparsegpt", "--refine", "dsnot"],
         ["--prune_method", "wanda", "--permute"],
@@ -154,7 +159,9 @@ def main_cases(work: Path) -> dict:
             argv = ["--model", str(folder), "--nsamples", "4", "--seqlen", "32", "--eval_limit", "4",
                     "--data_dir", str(data), "--save", str(save), "--save_stats", *flags]
             status = main.main(argv)
-            results = json.loads((save / "results.json").read_text()) if status == 0 else {}
+            # paths under the temporary folder differ per invocation, so they are recorded relative to it
+            results = json.loads((save / "results.json").read_text().replace(str(work), "<work>")) \
+                if status == 0 else {}
             results["model"] = family  # the temporary folder's name differs per run
             out[f"{family} {' '.join(flags)}"] = {"status": status,
                                                   **{k: v for k, v in results.items() if k not in VOLATILE}}

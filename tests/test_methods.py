@@ -42,6 +42,26 @@ def test_mask_counts_are_exact():
     assert (pruned_max <= kept_min).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("levels", [2, 5, 1000])
+def test_unstructured_masks_are_the_stable_sorts_lowest(dtype, levels) -> None:
+    # Oracle: the first k of a stable argsort. Masks are found by a selection (kthvalue) and a tie fill instead;
+    # quantized scores (few levels) make ties the rule, as in Q4 checkpoints; -0.0, inf and NaN (sorted last) too.
+    gen = torch.Generator().manual_seed(levels)
+    scores = (torch.randint(0, levels, (12, 40), generator=gen) - levels // 2).to(dtype)
+    scores[0, :3] = torch.tensor([-0.0, 0.0, float("inf")], dtype=dtype)
+    with_nan = scores.clone()
+    with_nan[1, 5] = float("nan")
+    for s in (scores, with_nan):
+        for ratio in (0.0, 0.1, 0.5, 0.7, 0.975, 1.0):
+            k = int(40 * ratio)
+            expected = torch.zeros_like(s, dtype=torch.bool).scatter_(1, s.argsort(dim=1, stable=True)[:, :k], True)
+            assert torch.equal(make_mask(s, ratio, group="row"), expected)
+            k = int(s.numel() * ratio)
+            flat = torch.zeros(s.numel(), dtype=torch.bool).scatter_(0, s.flatten().argsort(stable=True)[:k], True)
+            assert torch.equal(make_mask(s, ratio, group="layer"), flat.reshape(s.shape))
+
+
 def test_nm_needs_width_multiple_of_m():
     with pytest.raises(ConfigError, match="60 input columns.*multiple of 8"):
         make_mask(torch.rand(4, 60), 0.5, 4, 8)

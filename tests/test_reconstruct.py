@@ -144,6 +144,18 @@ def test_cubic_schedule_reaches_target_and_grows():
         assert torch.equal(masks[-1], make_mask(scores, sparsity, n, m))
 
 
+def test_nm_schedule_prunes_the_lowest_candidates_first_ties_by_position():
+    """An intermediate N:M step prunes the lowest-scoring floor(f * count) of the final N:M mask's weights over the
+    layer, ties broken by position: the stable argsort's first ones (oracle), on quantized scores full of ties."""
+    scores = torch.randint(0, 4, (6, 16), generator=torch.Generator().manual_seed(2)).float()
+    candidates = make_mask(scores, 0.5, 2, 4)
+    for fraction in (0.1, 0.35, 0.8):
+        count = int(fraction * int(candidates.sum()))
+        order = scores.masked_fill(~candidates, float("inf")).flatten().argsort(stable=True)[:count]
+        expected = torch.zeros(scores.numel(), dtype=torch.bool).scatter_(0, order, True).reshape(scores.shape)
+        assert torch.equal(scheduled_mask(scores, 0.5, fraction, 2, 4), expected)
+
+
 def test_admm_does_not_depend_on_calibration_batching():
     """SparseGPT's collector fed the same tokens in uneven batches or at once gives the same update, bit for
     bit (integer-valued activations make every float32 sum exact)."""
