@@ -87,14 +87,16 @@ def tables(ppl: dict[tuple[str, str], dict[int, float]]) -> str:
                 continue
             cells = [change_cell(ppl[(c, cfg)], ppl.get((c, base), {})) if (c, cfg) in ppl else "" for c in columns]
             out.append(f"| {cfg} | " + " | ".join(cells) + " |")
-    out += ["", "What spikiness adds: wanda_spiky vs wanda under the same add-ons (paired, % of the wanda run):", "",
-            head]
+    spiky = []
     for cfg in configs:
         twin = "wanda" + cfg[len("wanda_spiky"):]
         if cfg.startswith("wanda_spiky") and any((c, twin) in ppl for c in columns):
             cells = [change_cell(ppl[(c, cfg)], ppl[(c, twin)]) if (c, cfg) in ppl and (c, twin) in ppl else ""
                      for c in columns]
-            out.append(f"| {cfg} vs {twin} | " + " | ".join(cells) + " |")
+            spiky.append(f"| {cfg} vs {twin} | " + " | ".join(cells) + " |")
+    if spiky:
+        out += ["", "What spikiness adds: wanda_spiky vs wanda under the same add-ons (paired, % of the wanda run):",
+                "", head, *spiky]
     out += ["", "Best per column (lowest mean perplexity):", ""]
     for c in columns:
         ranked = sorted(((mean_std(list(r.values()))[0], cfg) for (col, cfg), r in ppl.items() if col == c))
