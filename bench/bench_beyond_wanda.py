@@ -99,12 +99,13 @@ def main() -> None:
         for label, sparsity_type, fields in selected(args.only)]
     wanda = {t: r for label, t, r in reversed(rows) if label == "wanda"}
     sparsegpt = {t: r for label, t, r in rows if label == "sparsegpt"}
-    print(f"{'configuration':<30}{'type':<14}{'wall s':>8}{'x wanda':>9}{'x sgpt':>8}{'CPU s':>8}{'x wanda':>9}"
+    print(f"{'configuration':<30}{'type':<14}{'wall s':>8}{'x wanda':>9}{'x sgpt':>8}{'CPU s':>8}{'x wanda':>9}{'x sgpt':>8}"
           f"{'peak RSS MiB':>14}{'x wanda':>9}{'x sgpt':>8}{'above load MiB':>16}")
     for label, t, r in rows:
         w, g = wanda[t], sparsegpt[t]
         print(f"{label:<30}{t:<14}{r['seconds']:>8.1f}{r['seconds'] / w['seconds']:>9.2f}"
               f"{r['seconds'] / g['seconds']:>8.2f}{r['cpu_seconds']:>8.1f}{r['cpu_seconds'] / w['cpu_seconds']:>9.2f}"
+              f"{r['cpu_seconds'] / g['cpu_seconds']:>8.2f}"
               f"{r['rss_peak_mb']:>14.0f}{r['rss_peak_mb'] / w['rss_peak_mb']:>9.2f}"
               f"{r['rss_peak_mb'] / g['rss_peak_mb']:>8.2f}{r['rss_peak_mb'] - r['rss_loaded_mb']:>16.0f}")
 
