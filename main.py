@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     numbers (one line each; --debug adds the traceback), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM:
     Slurm's preemption or time limit), each with one line naming the phase."""
     PROGRESS.phase, PROGRESS.written = "startup", []
+    git_commit()  # read once per process, before any run (lib.runinfo.git_commit)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.protocol in PROTOCOLS:  # an unknown name is left to RunConfig's one-line error

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import importlib.metadata
 import json
 import logging
@@ -183,8 +184,11 @@ def versions() -> dict[str, str]:
     return found
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit() -> str | None:
-    """HEAD of the repository this package lives in, with '-dirty' when tracked files changed."""
+    """HEAD of the repository this package lives in, with '-dirty' when tracked files changed, as it was at the first
+    call in this process (main.main calls it at start-up): the code a process imported is the code it runs, so a
+    commit made while an experiment worker is running must not be recorded by that worker's later runs."""
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)

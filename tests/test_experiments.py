@@ -516,3 +516,22 @@ def test_every_grid_file_in_experiments_expands_and_shared_labels_agree():
             assert all(f"--{name}" in flags for name in run.settings), (path, run.label)
             if path.stem.startswith("addons"):
                 assert settings_of.setdefault(run.label, run.settings) == run.settings, (path, run.label)
+
+
+def test_a_worker_records_the_commit_it_started_with(monkeypatch):
+    # An in-process worker keeps the code it imported; a commit made while it runs must not be recorded by its
+    # later runs. git is read once per process (main.main calls git_commit at start-up).
+    from lib import runinfo
+
+    heads = iter(["aaaa\n", "", "bbbb\n", ""])  # rev-parse, then status --porcelain (clean), twice
+
+    def fake_run(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 0, stdout=next(heads))
+
+    runinfo.git_commit.cache_clear()
+    monkeypatch.setattr(runinfo.subprocess, "run", fake_run)
+    try:
+        assert runinfo.git_commit() == "aaaa"
+        assert runinfo.git_commit() == "aaaa"  # HEAD moved to bbbb meanwhile: not read again
+    finally:
+        runinfo.git_commit.cache_clear()
