@@ -4,6 +4,9 @@ t-test, what wanda_spiky adds over wanda under the same add-ons, the best config
 perplexity.
 
     .venv/bin/python scripts/beyond_wanda_table.py [RESULTS_DIR]      (default results/beyond_wanda)
+    .venv/bin/python scripts/beyond_wanda_table.py results/reconstruct results/reconstruct_gemma3   # README's headline
+
+With several folders (one model each) it prints one perplexity table, a column per model and sparsity.
 
 Columns are the label prefixes (u50, u60, u70 = unstructured 50/60/70 %, nm24 = 2:4). Perplexity: mean ± sample
 std (n - 1) over the seeds found (a cell with fewer seeds than the most common count says how many). Change: per seed both ran, 100 * (ppl / ppl_wanda - 1) against wanda of the same
@@ -127,9 +130,32 @@ def _config_order(cfg: str) -> int:
     return order.index(cfg) if cfg in order else len(order)
 
 
+def combined(roots: list[Path]) -> str:
+    """One perplexity table over several results folders: a column per (folder's model, sparsity column); a cell
+    with fewer seeds than the most common count says how many."""
+    per_root = [(root, load(root)) for root in roots]
+    counts = [len(r) for _, ppl in per_root for r in ppl.values()]
+    usual = max(set(counts), key=counts.count)
+    heads, cells = [], {}
+    for root, ppl in per_root:
+        model = next((json.loads(f.read_text()).get("model") for f in root.glob("*/seed*/results.json")), None) \
+            or root.name
+        for c in COLUMNS:
+            if any(col == c for col, _ in ppl):
+                heads.append(f"{model} {COLUMNS[c]}")
+                for (col, cfg), runs in ppl.items():
+                    if col == c:
+                        n = "" if len(runs) == usual else f" (n={len(runs)})"
+                        cells[(heads[-1], cfg)] = fmt_mean_std(list(runs.values())) + n
+    configs = sorted({cfg for _, cfg in cells}, key=lambda cfg: (_config_order(cfg), cfg))
+    out = ["| method | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    out += [f"| {cfg} | " + " | ".join(cells.get((h, cfg), "") for h in heads) + " |" for cfg in configs]
+    return "\n".join(out)
+
+
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "results/beyond_wanda")
-    print(tables(load(root)))
+    roots = [Path(a) for a in sys.argv[1:]] or [Path(__file__).resolve().parent.parent / "results/beyond_wanda"]
+    print(tables(load(roots[0])) if len(roots) == 1 else combined(roots))
 
 
 if __name__ == "__main__":

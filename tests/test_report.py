@@ -348,6 +348,15 @@ def test_beyond_wanda_table_columns_pairs_and_best(tmp_path: Path) -> None:
     # vs sparsegpt, paired on seeds 0 and 1: wanda 10/11, 12/13 -> -9.1, -7.7 %.
     vs_sparsegpt = text.split("Paired change vs sparsegpt")[1].split("\n\n")[1]
     assert f"| wanda | {(-100 / 11 - 100 / 13) / 2:+.1f} ± " in vs_sparsegpt
+    # Several folders (one model each): one perplexity table, a column per model and sparsity (README's headline).
+    other = tmp_path.parent / "other_model"
+    for seed, ppl in enumerate((20.0, 22.0, 24.0)):
+        path = other / "nm24_wanda" / f"seed{seed}" / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"ppl_pruned": ppl, "model": "gemma3-270m"}))
+    both = table.combined([tmp_path, other])
+    assert both.splitlines()[0] == f"| method | {tmp_path.name} 50% | gemma3-270m 2:4 |"
+    assert "| wanda | 12.00 ± 2.00 | 22.00 ± 2.00 |" in both and "| sparsegpt | 12.00 ± 1.41 (n=2) |  |" in both
 
 
 def test_a_wrong_or_missing_field_is_named_with_its_file_and_skipped(tmp_path, capsys):
