@@ -200,7 +200,8 @@ def significance(mean_change: float, p: float, alpha: float = 0.05) -> str:
         return "untested (1 seed)"
     if p >= alpha:
         return f"n.s. (p={p:.2f})"
-    return f"{'better' if mean_change < 0 else 'worse'} (p={p:.3f})"
+    shown = "p<0.001" if p < 0.001 else f"p={p:.3f}"  # not "p=0.000"
+    return f"{'better' if mean_change < 0 else 'worse'} ({shown})"
 
 
 def _group(runs: pd.DataFrame) -> pd.Series:

@@ -93,6 +93,7 @@ def test_significance_labels() -> None:
     assert report.significance(-3.0, 0.01) == "better (p=0.010)"
     assert report.significance(+3.0, 0.001) == "worse (p=0.001)"
     assert report.significance(-3.0, 0.2) == "n.s. (p=0.20)"
+    assert report.significance(-30.0, 0.0002) == "better (p<0.001)"  # not "p=0.000"
     assert report.significance(-3.0, math.nan) == "untested (1 seed)"
 
 
