@@ -304,9 +304,13 @@ def processes_with(token: str) -> list[int]:
 def test_sigterm_and_ctrl_c_stop_the_batch_and_its_workers_and_a_rerun_resumes(grid_file, tmp_path, executor, sig,
                                                                               status):
     token = uuid.uuid4().hex
-    proc = start_runner(grid_file, "--executor", executor, "--workers", "2", "--gpus", token=token)
+    # Ten seeds (30 tiny runs, seconds of work), so the signal lands inside the batch even when a loaded machine
+    # starves this test between the runner's first line and the signal (with 5 runs the batch could finish first).
+    seeds = ["--seeds", *map(str, range(10))]
+    total = 30
+    proc = start_runner(grid_file, "--executor", executor, "--workers", "2", "--gpus", *seeds, token=token)
     for line in proc.stdout:  # the first run has started (processes: once a worker opened a run's log)
-        if line.startswith("== (1/") or line.startswith("5 runs on 2 workers"):
+        if line.startswith("== (1/") or line.startswith(f"{total} runs on 2 workers"):
             break
     deadline = time.time() + 60
     while executor == "processes" and not list((tmp_path / "results").rglob("run.log")) and time.time() < deadline:
@@ -323,14 +327,14 @@ def test_sigterm_and_ctrl_c_stop_the_batch_and_its_workers_and_a_rerun_resumes(g
     time.sleep(1.0)
     assert processes_with(token) == []  # no worker outlives the runner
     done = results_of(tmp_path / "results")
-    assert len(done) < 5
+    assert len(done) < total
     if sig == signal.SIGINT:
         return
-    rerun = start_runner(grid_file, "--executor", executor, "--gpus", token=token)
+    rerun = start_runner(grid_file, "--executor", executor, "--gpus", *seeds, token=token)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
-    assert f"{len(done)} finished, {5 - len(done)} to run" in out
-    assert len(results_of(tmp_path / "results")) == 5
+    assert f"{len(done)} finished, {total - len(done)} to run" in out
+    assert len(results_of(tmp_path / "results")) == total
 
 
 # ---------------------------------------------------------------- Slurm
