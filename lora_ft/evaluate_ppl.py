@@ -26,7 +26,7 @@ import torch
 
 from lib.checks import check_model_target, check_output_dir
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
-from lib.config import ConfigError, Settings, setting
+from lib.config import BOS_MODES, ConfigError, Settings, setting
 from lib.models import DTYPES
 from lib.runinfo import save_model_atomic, write_atomic
 from lora_ft.lora_utils import merge_lora
@@ -48,6 +48,8 @@ class EvaluateSettings(Settings):
                                  bounds="positive")
     eval_limit: int | None = setting(None, "evaluate only the first N windows", bounds="positive")
     eval_batch_size: int = setting(1, "windows per forward", bounds="positive")
+    bos: str = setting("auto", "BOS token in front of every evaluation window, as main.py's --bos: auto (default: "
+                               "Gemma-family models), always, never", choices=BOS_MODES)
     skip_base: bool = setting(False, "do not evaluate the base model without the adapter")
     merge_masked: bool = setting(False, "merge the adapter, then re-apply the pruning mask (keeps sparsity)")
     merge: bool = setting(False, "merge the adapter plainly (fills pruned weights: destroys sparsity)")
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from peft import PeftModel
 
-    from lib.data import get_wikitext2_test_ids, resolve_data_dir
+    from lib.data import load_wikitext2_rows, resolve_bos, resolve_data_dir, wikitext2_ids
     from lib.eval import eval_ppl
     from lib.models import load_config, load_model, load_tokenizer, max_sequence_length, resolve_model
     from lib.sparsity import check_sparsity
@@ -139,11 +141,16 @@ def main(argv: list[str] | None = None) -> dict:
     data_dir = resolve_data_dir(args.data_dir)
 
     # Model files, data and window counts first: a bad input should fail before the model is loaded.
-    model_max = max_sequence_length(load_config(spec, args.cache_dir))
-    if args.seqlen is not None and model_max is not None and args.seqlen > model_max:
-        raise ConfigError(f"seqlen {args.seqlen} exceeds the model's maximum of {model_max} positions")
-    seqlen = args.seqlen or min(2048, model_max or 2048)
-    test_ids = get_wikitext2_test_ids(load_tokenizer(spec, args.cache_dir), data_dir)
+    model_config = load_config(spec, args.cache_dir)
+    tokenizer = load_tokenizer(spec, args.cache_dir)
+    bos_id = resolve_bos(args.bos, model_config.model_type, tokenizer)  # as main.py: the same windows it evaluates
+    model_max = max_sequence_length(model_config)
+    limit = None if model_max is None else model_max - (bos_id is not None)
+    if args.seqlen is not None and limit is not None and args.seqlen > limit:
+        raise ConfigError(f"seqlen {args.seqlen} exceeds the model's maximum of {model_max} positions"
+                          + (" less the BOS in front of every window (--bos)" if bos_id is not None else ""))
+    seqlen = args.seqlen or min(2048, limit or 2048)
+    test_ids = wikitext2_ids(load_wikitext2_rows("test", data_dir), tokenizer, bos_id is not None)
     windows = test_ids.numel() // seqlen
     if windows == 0:
         raise ConfigError(f"WikiText-2 test has {test_ids.numel()} tokens, fewer than one window of seqlen {seqlen}")
@@ -154,11 +161,12 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer = load_model(spec, cache_dir=args.cache_dir, dtype=DTYPES[args.dtype] if args.dtype else None)
     PROGRESS.phase = "evaluation"
     results: dict = {"model": spec, "lora_weights": str(adapter), "seqlen": seqlen, "eval_limit": args.eval_limit,
+                     "bos": "never" if bos_id is None else "always", "bos_setting": args.bos,
                      "command": " ".join(["python", "lora_ft/evaluate_ppl.py",
                                           *(argv if argv is not None else sys.argv[1:])])}
 
     def ppl(m: torch.nn.Module) -> float:
-        return eval_ppl(m, test_ids, seqlen, limit=args.eval_limit, batch_size=args.eval_batch_size)
+        return eval_ppl(m, test_ids, seqlen, limit=args.eval_limit, batch_size=args.eval_batch_size, bos_id=bos_id)
 
     results["base_sparsity"] = check_sparsity(model)[0]
     if not args.skip_base:

@@ -153,3 +153,40 @@ def test_cli_trains_evaluates_and_merges_masked(tokenizer, tmp_path, capsys):
     assert results["merged_masked_sparsity"] == pytest.approx(results["base_sparsity"])
     assert (tmp_path / "merged" / "config.json").is_file()
     assert "pruning mask re-applied" in capsys.readouterr().out
+
+
+def test_evaluate_puts_bos_in_front_of_every_window_as_main_does(tokenizer, tmp_path):
+    """--bos always: evaluate_ppl's perplexity is lib.eval's with BOS per window on the same WikiText-2 stream
+    (main.py's windows for a Gemma model), and differs from --bos never, which auto gives this llama."""
+    from peft import PeftModel
+
+    from lib.data import load_wikitext2_rows, wikitext2_ids
+    from lib.eval import eval_ppl
+    from lora_ft import evaluate_ppl, finetune_lm
+
+    if tokenizer.bos_token_id is None:
+        pytest.skip("the test tokenizer defines no BOS")
+    model = tiny_llama(len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = tmp_path / "data"
+    (data / "c4").mkdir(parents=True)
+    with gzip.open(data / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz", "wt") as handle:
+        for text in TEXT:
+            handle.write(json.dumps({"text": text}) + "\n")
+    (data / "wikitext-2-raw").mkdir()
+    (data / "wikitext-2-raw" / "wiki.test.raw").write_text(" = Title = \n\n" + TEXT[0] * 2 + "\n")
+    finetune_lm.main(["--model", str(tmp_path / "model"), "--data_dir", str(data), "--output_dir",
+                      str(tmp_path / "adapter"), "--max_train_samples", "8", "--block_size", "32", "--max_steps", "2",
+                      "--per_device_train_batch_size", "4"])
+    common = ["--lora_weights", str(tmp_path / "adapter"), "--data_dir", str(data), "--seqlen", "31",
+              "--eval_limit", "2", "--skip_base", "--output", str(tmp_path / "eval.json")]
+    with_bos = evaluate_ppl.main([*common, "--bos", "always"])
+    default = evaluate_ppl.main(common)
+    assert with_bos["bos"] == "always" and default["bos"] == "never" and default["bos_setting"] == "auto"
+    ids = wikitext2_ids(load_wikitext2_rows("test", data), tokenizer, bos=True)
+    adapted = PeftModel.from_pretrained(tiny_llama(len(tokenizer)).__class__.from_pretrained(tmp_path / "model"),
+                                        str(tmp_path / "adapter")).eval().get_base_model()
+    expected = eval_ppl(adapted, ids, 31, 2, bos_id=tokenizer.bos_token_id)
+    assert with_bos["ppl_adapter"] == pytest.approx(expected, rel=1e-5)
+    assert with_bos["ppl_adapter"] != pytest.approx(default["ppl_adapter"], rel=1e-3)
