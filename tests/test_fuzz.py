@@ -475,7 +475,7 @@ LORA_POST_LOAD = {
                             "--max_train_samples", "2"],
 }
 EVALUATE_POST_LOAD = {
-    "merge masked": ["--seqlen", "32", "--eval_limit", "2", "--eval_batch_size", "2", "--skip_base",
+    "merge masked": ["--seqlen", "32", "--eval_limit", "2", "--eval_batch_size", "2", "--skip_base", "--bos", "never",
                      "--merge_masked", "--save_merged", "OUT/merged", "--dtype", "float32", "--cache_dir",
                      "OUT/cache", "--output", "OUT/eval.json"],
     "merge + zero-shot": ["--model", "MODEL", "--seqlen", "32", "--eval_limit", "1", "--merge", "--eval_zero_shot",

@@ -32,9 +32,12 @@ class Signals:
 
     @classmethod
     def install(cls) -> None:
-        """SIGTERM -> KeyboardInterrupt in the main thread (signal handlers can only be set there)."""
+        """SIGTERM -> KeyboardInterrupt, and Ctrl-C -> KeyboardInterrupt also where a background shell had set SIGINT
+        to be ignored (as main.py and lora_ft do: a batch started with `&` from a script stops on `kill -INT` too),
+        in the main thread (signal handlers can only be set there)."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, cls._on_sigterm)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     @classmethod
     def _on_sigterm(cls, signum: int, frame: FrameType | None) -> None:
