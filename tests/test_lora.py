@@ -16,6 +16,17 @@ from lora_ft.lora_utils import (LoraSettings, TrainSettings, attach_lora, lora_z
 TEXT = ["the cat sat on the mat. the dog sat on the log. " * 8 for _ in range(6)]
 
 
+def write_data(data):
+    """A local data folder as lib.data reads it: TEXT as the C4 sample and, twice over, as WikiText-2 test."""
+    (data / "c4").mkdir(parents=True)
+    with gzip.open(data / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz", "wt") as handle:
+        for text in TEXT:
+            handle.write(json.dumps({"text": text}) + "\n")
+    (data / "wikitext-2-raw").mkdir()
+    (data / "wikitext-2-raw" / "wiki.test.raw").write_text(" = Title = \n\n" + TEXT[0] * 2 + "\n")
+    return data
+
+
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -131,13 +142,7 @@ def test_cli_trains_evaluates_and_merges_masked(tokenizer, tmp_path, capsys):
     magnitude_prune_(model, 0.5)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    data = tmp_path / "data"
-    (data / "c4").mkdir(parents=True)
-    with gzip.open(data / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz", "wt") as handle:
-        for text in TEXT:
-            handle.write(json.dumps({"text": text}) + "\n")
-    (data / "wikitext-2-raw").mkdir()
-    (data / "wikitext-2-raw" / "wiki.test.raw").write_text(" = Title = \n\n" + TEXT[0] * 2 + "\n")
+    data = write_data(tmp_path / "data")
 
     log = finetune_lm.main(["--model", str(tmp_path / "model"), "--data_dir", str(data), "--output_dir",
                             str(tmp_path / "adapter"), "--max_train_samples", "8", "--block_size", "32",
@@ -169,13 +174,7 @@ def test_evaluate_puts_bos_in_front_of_every_window_as_main_does(tokenizer, tmp_
     model = tiny_llama(len(tokenizer))
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    data = tmp_path / "data"
-    (data / "c4").mkdir(parents=True)
-    with gzip.open(data / "c4" / "c4-en-train.00000-of-01024.first1000.jsonl.gz", "wt") as handle:
-        for text in TEXT:
-            handle.write(json.dumps({"text": text}) + "\n")
-    (data / "wikitext-2-raw").mkdir()
-    (data / "wikitext-2-raw" / "wiki.test.raw").write_text(" = Title = \n\n" + TEXT[0] * 2 + "\n")
+    data = write_data(tmp_path / "data")
     finetune_lm.main(["--model", str(tmp_path / "model"), "--data_dir", str(data), "--output_dir",
                       str(tmp_path / "adapter"), "--max_train_samples", "8", "--block_size", "32", "--max_steps", "2",
                       "--per_device_train_batch_size", "4"])
@@ -185,7 +184,7 @@ def test_evaluate_puts_bos_in_front_of_every_window_as_main_does(tokenizer, tmp_
     default = evaluate_ppl.main(common)
     assert with_bos["bos"] == "always" and default["bos"] == "never" and default["bos_setting"] == "auto"
     ids = wikitext2_ids(load_wikitext2_rows("test", data), tokenizer, bos=True)
-    adapted = PeftModel.from_pretrained(tiny_llama(len(tokenizer)).__class__.from_pretrained(tmp_path / "model"),
+    adapted = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tmp_path / "model"),
                                         str(tmp_path / "adapter")).eval().get_base_model()
     expected = eval_ppl(adapted, ids, 31, 2, bos_id=tokenizer.bos_token_id)
     assert with_bos["ppl_adapter"] == pytest.approx(expected, rel=1e-5)
