@@ -29,7 +29,7 @@ from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_fro
 from lib.config import ConfigError, PruneConfig, RunConfig
 from lib.errors import RunError
 from lib.data import DataError, EvalText, calibration_source, calibration_windows, load_calibration_texts, \
-    load_eval_text, resolve_bos, resolve_data_dir, text_sha256
+    choose_seqlen, load_eval_text, resolve_bos, resolve_data_dir, text_sha256
 from lib.eval import eval_ppl
 from lib.plugins import ADDONS, METHODS, Method, find_method, selector_choices
 from lib.models import check_weights_match, find_decoder_layers, load_config, load_tokenizer, \
@@ -75,22 +75,6 @@ class Plan:
     calib: dict = field(default_factory=dict)  # calib_source, calib_sha256 for results.json
     tasks: list[str] | None = None
     task_plan: object = None
-
-
-def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = False, bos: bool = False) -> int:
-    """min(2048, model maximum) by default, the maximum with use_max; a request above the maximum is an error.
-    With bos a window is BOS + seqlen text tokens, so the maximum for seqlen is one less."""
-    limit = None if model_max is None else model_max - bos
-    if use_max:
-        if limit is None:
-            raise ConfigError("--seqlen_max: the model's config states no maximum context; pass --seqlen")
-        return limit
-    if requested is None:
-        return min(2048, limit or 2048)
-    if limit is not None and requested > limit:
-        raise ConfigError(f"seqlen {requested} exceeds the model's maximum of {model_max} positions"
-                          + (" less the BOS in front of every window (--bos)" if bos else ""))
-    return requested
 
 
 def check_structure(model_config, config: PruneConfig, folder: Path | None = None) -> int:

@@ -223,6 +223,22 @@ def load_c4_texts(data_dir: Path | None) -> list[str]:
 BOS_FAMILIES = ("gemma",)
 
 
+def choose_seqlen(requested: int | None, model_max: int | None, use_max: bool = False, bos: bool = False) -> int:
+    """min(2048, model maximum) by default, the maximum with use_max; a request above the maximum is an error.
+    With bos a window is BOS + seqlen text tokens, so the maximum for seqlen is one less."""
+    limit = None if model_max is None else model_max - bos
+    if use_max:
+        if limit is None:
+            raise ConfigError("--seqlen_max: the model's config states no maximum context; pass --seqlen")
+        return limit
+    if requested is None:
+        return min(2048, limit or 2048)
+    if limit is not None and requested > limit:
+        raise ConfigError(f"seqlen {requested} exceeds the model's maximum of {model_max} positions"
+                          + (" less the BOS in front of every window (--bos)" if bos else ""))
+    return requested
+
+
 def resolve_bos(mode: str, model_type: str, tokenizer) -> int | None:
     """The BOS id to put in front of every window (None: Wanda's windows). mode: 'auto', 'always' or 'never'.
 

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from peft import PeftModel
 
-    from lib.data import load_wikitext2_rows, resolve_bos, resolve_data_dir, wikitext2_ids
+    from lib.data import choose_seqlen, load_wikitext2_rows, resolve_bos, resolve_data_dir, wikitext2_ids
     from lib.eval import eval_ppl
     from lib.models import load_config, load_model, load_tokenizer, max_sequence_length, resolve_model
     from lib.sparsity import check_sparsity
@@ -144,12 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_config = load_config(spec, args.cache_dir)
     tokenizer = load_tokenizer(spec, args.cache_dir)
     bos_id = resolve_bos(args.bos, model_config.model_type, tokenizer)  # as main.py: the same windows it evaluates
-    model_max = max_sequence_length(model_config)
-    limit = None if model_max is None else model_max - (bos_id is not None)
-    if args.seqlen is not None and limit is not None and args.seqlen > limit:
-        raise ConfigError(f"seqlen {args.seqlen} exceeds the model's maximum of {model_max} positions"
-                          + (" less the BOS in front of every window (--bos)" if bos_id is not None else ""))
-    seqlen = args.seqlen or min(2048, limit or 2048)
+    seqlen = choose_seqlen(args.seqlen, max_sequence_length(model_config), bos=bos_id is not None)
     test_ids = wikitext2_ids(load_wikitext2_rows("test", data_dir), tokenizer, bos_id is not None)
     windows = test_ids.numel() // seqlen
     if windows == 0:
