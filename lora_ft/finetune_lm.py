@@ -28,7 +28,7 @@ import torch
 
 from lib.checks import check_model_target, check_output_dir
 from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_from
-from lib.config import ConfigError, Settings, setting
+from lib.config import BOS_MODES, ConfigError, Settings, setting
 from lib.models import DTYPES
 from lib.runinfo import save_model_atomic, write_atomic
 
@@ -54,6 +54,9 @@ class FinetuneRun(Settings):
     cache_dir: str = setting("llm_weights", "hub cache and GGUF conversions")
     max_train_samples: int = setting(30000, "training blocks (run_clm's meaning)", bounds="positive")
     block_size: int = setting(1024, "tokens per training block", bounds=">= 2")
+    bos: str = setting("auto", "BOS token at the start of every training block (then BOS + block_size - 1 text "
+                               "tokens), as main.py's --bos: auto (default: Gemma-family models, trained with BOS "
+                               "at every input's start), always, never", choices=BOS_MODES)
     dtype: str | None = setting(None, "base weights' dtype (default float32 on CPU, bfloat16 on CUDA); the adapter "
                                       "trains in float32", choices=tuple(sorted(DTYPES)))
 
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     parsed = build_parser().parse_args(argv)
     args, lora, train = (settings_from(cls, parsed) for cls in (FinetuneRun, LoraSettings, TrainSettings))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from lib.data import resolve_data_dir
+    from lib.data import resolve_bos, resolve_data_dir
     from lib.models import load_config, load_model, load_tokenizer, max_sequence_length
     from lib.sparsity import check_sparsity
 
@@ -154,16 +157,18 @@ def main(argv: list[str] | None = None) -> dict:
     if model_max is not None and args.block_size > model_max:
         raise ConfigError(f"block_size {args.block_size} exceeds the model's maximum of {model_max} positions")
     texts = load_texts(args, data_dir)
-    blocks = texts_to_blocks(texts, load_tokenizer(args.model, args.cache_dir), args.block_size,
-                             args.max_train_samples)
+    tokenizer = load_tokenizer(args.model, args.cache_dir)
+    bos_id = resolve_bos(args.bos, model_config.model_type, tokenizer)
+    blocks = texts_to_blocks(texts, tokenizer, args.block_size, args.max_train_samples, bos_id)
     if train.gradient_accumulation_steps > blocks.shape[0]:
         raise ConfigError(f"gradient_accumulation_steps {train.gradient_accumulation_steps} exceeds the "
                           f"{blocks.shape[0]} training blocks; use at most {blocks.shape[0]}")
     PROGRESS.phase = "load"
-    model, tokenizer = load_model(args.model, cache_dir=args.cache_dir, dtype=dtype)
+    model = load_model(args.model, cache_dir=args.cache_dir, dtype=dtype)[0]
     sparsity = check_sparsity(model)[0]
     print(f"base model {args.model}: sparsity {sparsity:.4f}")
-    print(f"training blocks: {blocks.shape[0]} x {blocks.shape[1]} tokens")
+    print(f"training blocks: {blocks.shape[0]} x {blocks.shape[1]} tokens"
+          + ("" if bos_id is None else f" (BOS {bos_id} first)"))
 
     peft_model = attach_lora(model, lora)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -181,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.output_dir).expanduser()
     log = {"model": args.model, "base_sparsity": sparsity, "lora": dataclasses.asdict(lora),
-           "train": dataclasses.asdict(train), "blocks": list(blocks.shape), "steps": len(losses), "seconds": round(seconds, 1),
+           "train": dataclasses.asdict(train), "blocks": list(blocks.shape),
+           "bos": "never" if bos_id is None else "always", "bos_setting": args.bos, "steps": len(losses), "seconds": round(seconds, 1),
            "first_step_loss": losses[0], "last_step_loss": losses[-1],
            "probe_loss_base": probe_before, "probe_loss_adapter": probe_after, "losses": losses,
            "command": " ".join(["python", "lora_ft/finetune_lm.py", *(argv if argv is not None else sys.argv[1:])])}

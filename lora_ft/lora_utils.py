@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from lib.checks import NonFiniteError
 from lib.config import ConfigError, Settings, setting
+from lib.data import token_ids, with_bos
 from lib.models import input_device
 
 logger = logging.getLogger(__name__)
@@ -90,28 +91,32 @@ class MergeReport:
         return self.zeros_after >= self.zeros_before
 
 
-def texts_to_blocks(texts: list[str], tokenizer, block_size: int, max_blocks: int | None = None) -> torch.Tensor:
+def texts_to_blocks(texts: list[str], tokenizer, block_size: int, max_blocks: int | None = None,
+                    bos_id: int | None = None) -> torch.Tensor:
     """Documents -> training blocks [n, block_size], as HF run_clm: tokenise each, concatenate, cut, drop the tail.
 
     max_blocks plays run_clm's max_train_samples (it selects blocks after grouping); documents are only
-    tokenised until there are enough tokens.
+    tokenised until there are enough tokens. bos_id: every block is bos_id + block_size - 1 text tokens, the text
+    tokenised without special tokens (main.py's windows for --bos always, the ones the model is evaluated on).
     """
     if block_size < 2:
         raise ConfigError(f"block_size {block_size} must be at least 2 tokens")
-    needed = None if max_blocks is None else max_blocks * block_size
+    width = block_size - (bos_id is not None)
+    needed = None if max_blocks is None else max_blocks * width
     stream: list[int] = []
     for text in texts:
         if not text.strip():
             continue
-        stream.extend(tokenizer(text)["input_ids"])
+        stream.extend(token_ids(text, tokenizer, bos=bos_id is not None).tolist())
         if needed is not None and len(stream) >= needed:
             break
-    nblocks = len(stream) // block_size
+    nblocks = len(stream) // width
     if max_blocks is not None:
         nblocks = min(nblocks, max_blocks)
     if nblocks == 0:
-        raise ConfigError(f"the training text has {len(stream)} tokens, fewer than one block of {block_size}")
-    return torch.tensor(stream[: nblocks * block_size], dtype=torch.long).reshape(nblocks, block_size)
+        raise ConfigError(f"the training text has {len(stream)} tokens, fewer than one block of {width}"
+                          + (" after the BOS" if bos_id is not None else ""))
+    return with_bos(torch.tensor(stream[: nblocks * width], dtype=torch.long).reshape(nblocks, width), bos_id)
 
 
 def attach_lora(model: nn.Module, settings: LoraSettings):

@@ -472,7 +472,7 @@ LORA_POST_LOAD = {
                            "q_proj,v_proj,up_proj", "--dtype", "float32", "--cache_dir", "OUT/cache",
                            "--weight_decay", "0.01"],
     "finetune train_file": ["--train_file", "OUT/train.txt", "--num_train_epochs", "1", "--block_size", "16",
-                            "--max_train_samples", "2"],
+                            "--max_train_samples", "2", "--bos", "always"],
 }
 EVALUATE_POST_LOAD = {
     "merge masked": ["--seqlen", "32", "--eval_limit", "2", "--eval_batch_size", "2", "--skip_base", "--bos", "never",

@@ -189,3 +189,32 @@ def test_evaluate_puts_bos_in_front_of_every_window_as_main_does(tokenizer, tmp_
     expected = eval_ppl(adapted, ids, 31, 2, bos_id=tokenizer.bos_token_id)
     assert with_bos["ppl_adapter"] == pytest.approx(expected, rel=1e-5)
     assert with_bos["ppl_adapter"] != pytest.approx(default["ppl_adapter"], rel=1e-3)
+
+
+def test_bos_blocks_start_with_bos_and_carry_the_text_stream(tokenizer):
+    """bos_id: each block is BOS + block_size - 1 tokens of the special-token-free stream, cut in order."""
+    bos = tokenizer.bos_token_id
+    stream = tokenizer("abcdefgh", add_special_tokens=False)["input_ids"]
+    blocks = texts_to_blocks(["abcd", "", "efgh"], tokenizer, block_size=4, bos_id=bos)
+    assert blocks.tolist() == [[bos, *stream[0:3]], [bos, *stream[3:6]]]  # tail 'gh' dropped
+    assert texts_to_blocks(TEXT, tokenizer, 16, max_blocks=5, bos_id=bos).shape == (5, 16)
+    with pytest.raises(ValueError, match="fewer than one block of 7 after the BOS"):
+        texts_to_blocks(["abcdef"], tokenizer, block_size=8, bos_id=bos)
+
+
+def test_cli_trains_on_bos_blocks_when_asked(tokenizer, tmp_path, capsys):
+    """--bos always (auto's choice for Gemma): the training blocks start with BOS and the log says so; auto on
+    this llama gives Wanda's blocks."""
+    from lora_ft import finetune_lm
+
+    model = tiny_llama(len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = write_data(tmp_path / "data")
+    common = ["--model", str(tmp_path / "model"), "--data_dir", str(data), "--max_train_samples", "4",
+              "--block_size", "32", "--max_steps", "1", "--per_device_train_batch_size", "4"]
+    log = finetune_lm.main([*common, "--output_dir", str(tmp_path / "a"), "--bos", "always"])
+    assert (log["bos"], log["bos_setting"], log["blocks"]) == ("always", "always", [4, 32])
+    assert f"4 x 32 tokens (BOS {tokenizer.bos_token_id} first)" in capsys.readouterr().out
+    log = finetune_lm.main([*common, "--output_dir", str(tmp_path / "b")])
+    assert (log["bos"], log["bos_setting"]) == ("never", "auto")
