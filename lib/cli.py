@@ -40,6 +40,19 @@ def finite_float(text: str) -> float:
     return value
 
 
+def int_or_none(word: str) -> Callable[[str], int | None]:
+    """An optional int flag's type: `word` (e.g. 'all') is None, the default it names; anything else an int."""
+    def parse(text: str) -> int | None:
+        if text == word:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor '{word}'") from None
+    parse.__name__ = f"int or '{word}'"  # argparse's message: invalid int or 'all' value: ...
+    return parse
+
+
 def comma_list(text: str) -> tuple[str, ...]:
     """A comma-separated flag value as a tuple of its non-empty, stripped items."""
     return tuple(item.strip() for item in text.split(",") if item.strip())
@@ -73,8 +86,10 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, choices: dict[str, 
             # Choices are checked by the dataclass (one message style for every bad value), shown here.
             shown = (choices or {}).get(f.name) or meta["choices"]
             metavar = "{" + ",".join(shown) + "}" if shown else kind.__name__.upper()
-            group.add_argument(*flags, dest=dest, default=f.default, help=text, metavar=metavar,
-                               type={float: finite_float, int: int, str: str}[kind],
+            parse = {float: finite_float, int: int, str: str}[kind]
+            if meta.get("none_word"):
+                parse, metavar = int_or_none(meta["none_word"]), f"{metavar}|{meta['none_word']}"
+            group.add_argument(*flags, dest=dest, default=f.default, help=text, metavar=metavar, type=parse,
                                required=meta.get("required", False))
 
 

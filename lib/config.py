@@ -37,12 +37,14 @@ EXPONENT = f"[-{MAX_EXPONENT}, {MAX_EXPONENT}]"
 
 def setting(default: Any, help: str, *, group: str | None = None, choices: tuple | None = None,
             flags: tuple[str, ...] | None = None, bounds: str | None = None, note: str | None = None,
-            required: bool = False) -> Any:
+            required: bool = False, none_word: str | None = None) -> Any:
     """A config field with what the CLI and the check need: help, group (default: its section's), choices, flag
     spellings (default --<name>; the first is the one messages use), bounds ('positive', '> 0', '>= 0', or an
-    interval such as '(0, 1]'), a note added to the bounds' error message, and whether the flag is required."""
+    interval such as '(0, 1]'), a note added to the bounds' error message, whether the flag is required, and the
+    word that gives back the None default on the command line (--eval_limit all over a protocol's limit)."""
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "flags": flags,
-                                            "bounds": bounds, "note": note, "required": required})
+                                            "bounds": bounds, "note": note, "required": required,
+                                            "none_word": none_word})
 
 
 def flag_name(f: dataclasses.Field) -> str:
@@ -301,8 +303,8 @@ class RunConfig:
                                    "else cpu if it fits in RAM, else disk", group="model", choices=OFFLOAD_MODES)
     offload_dir: str | None = setting(None, "folder for pruned layers with --offload disk (default: a temporary "
                                             "folder)", group="model")
-    seqlen: int | None = setting(None, "tokens per calibration/evaluation window (default min(2048, model "
-                                       "maximum))", group="data")
+    seqlen: int | None = setting(None, "tokens per calibration/evaluation window (default, or auto: min(2048, "
+                                       "model maximum))", group="data", none_word="auto")
     seqlen_max: bool = setting(False, "windows as long as the model's maximum context (Wanda's LLaMA-2 protocol: "
                                       "4096); instead of --seqlen", group="data")
     calib_dataset: str = setting("c4", "calibration text: c4 (default, as Wanda), wikitext2 (train split), a local "
@@ -318,7 +320,8 @@ class RunConfig:
                                "BOS at every input's start), else never", group="data", choices=BOS_MODES)
     data_dir: str | None = setting(None, "local data folder like ../shared/data (else $WANDA_DATA_DIR, else the "
                                          "Hugging Face hub)", group="data")
-    eval_limit: int | None = setting(None, "evaluate only the first N windows (default all)", group="evaluation")
+    eval_limit: int | None = setting(None, "evaluate only the first N windows (default all)", group="evaluation",
+                                     none_word="all")
     eval_dataset: str = setting("wikitext2", "comma-separated perplexity texts, each reported: wikitext2 (default, "
                                              "split --eval_split), c4 (held-out validation documents as SparseGPT "
                                              "reports: 1100 documents joined, at most 256 windows), a local file or "
@@ -332,7 +335,8 @@ class RunConfig:
     no_dense_eval: bool = setting(False, "skip the dense model's perplexity", group="evaluation")
     eval_zero_shot: bool = setting(False, "lm-eval zero-shot accuracy after pruning", group="evaluation")
     tasks: str | None = setting(None, "comma-separated lm-eval tasks (default: Wanda's seven)", group="evaluation")
-    zs_limit: int | None = setting(None, "items per zero-shot task (default all)", group="evaluation")
+    zs_limit: int | None = setting(None, "items per zero-shot task (default all)", group="evaluation",
+                                   none_word="all")
     zs_batch_size: str = setting("1", "zero-shot batch size: a positive integer, or auto (lm-eval finds the "
                                       "largest that fits)", group="evaluation")
     save: str | None = setting(None, "folder for results.json and log_{method}.txt", group="outputs")

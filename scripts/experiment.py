@@ -44,9 +44,14 @@ def say(text: str) -> None:
 
 def expected_settings(run: Run) -> dict:
     """What results.json must record for the run to count as finished: the protocol's settings, then the run's."""
+    from lib.config import PruneConfig, RunConfig, all_fields, flag_name
     from lib.protocols import protocol_settings
 
-    return {**protocol_settings(run.protocol), **run.settings, "model": run.model, "seed": run.seed}
+    # 'eval_limit = "all"' is recorded as null, the default the word names
+    words = {flag_name(f): f.metadata.get("none_word") for cls in (RunConfig, PruneConfig) for f, _ in all_fields(cls)}
+    settings = {**protocol_settings(run.protocol), **run.settings}
+    return {**{k: None if v is not None and v == words.get(k) else v for k, v in settings.items()},
+            "model": run.model, "seed": run.seed}
 
 
 def parse_sets(pairs: list[str]) -> dict:

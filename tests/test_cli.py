@@ -46,13 +46,20 @@ def test_cli_end_to_end_saves_results_and_model(tiny_model_dir, data_dir, tmp_pa
     assert "pruned perplexity" in capsys.readouterr().out
 
 
-def test_protocol_sets_sizes_flags_override_and_results_record_it(tiny_model_dir, data_dir, tmp_path):
+def test_protocol_sets_sizes_flags_override_and_results_record_it(tiny_model_dir, data_dir, tmp_path, capsys):
     from lib.protocols import PROTOCOLS
 
     parser = main.build_parser()
     parser.set_defaults(**PROTOCOLS["experiment"])
     args = parser.parse_args(["--seqlen", "32"])
     assert (args.nsamples, args.seqlen, args.eval_limit) == (16, 32, 32)  # the flag wins, the rest is the protocol
+    args = parser.parse_args(["--eval_limit", "all", "--seqlen", "auto", "--zs_limit", "all"])
+    assert (args.nsamples, args.seqlen, args.eval_limit, args.zs_limit) == (16, None, None, None)  # the defaults back
+    for argv, message in ((["--eval_limit", "al"], "argument --eval_limit: 'al' is neither an integer nor 'all'"),
+                          (["--seqlen", "all"], "argument --seqlen: 'all' is neither an integer nor 'auto'")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert message in capsys.readouterr().err
     out = tmp_path / "out"
     assert run_cli("--model", tiny_model_dir("llama"), "--protocol", "experiment", "--seqlen", 32, "--eval_limit", 2,
                    "--data_dir", data_dir, "--save", out) == 0

@@ -194,6 +194,20 @@ def test_resume_rule(tmp_path):
     assert "holds list" in why_unfinished(path, expected)
 
 
+def test_a_word_for_the_default_counts_as_the_null_it_records(tmp_path):
+    """eval_limit = "all" over a protocol's limit runs every window and records null: that run is finished."""
+    path = write(tmp_path / "grid.toml", 'protocol = "experiment"\nmodels = ["m"]\nseeds = [0]\n'
+                 '[[block]]\nlabel = "all"\nsettings = { prune_method = "wanda", eval_limit = "all", seqlen = "auto" }\n')
+    run = expand(load_grid(path))[0]
+    assert "--eval_limit all" in " ".join(run.argv())
+    expected = experiment.expected_settings(run)
+    assert (expected["eval_limit"], expected["seqlen"], expected["nsamples"]) == (None, None, 16)
+    write(tmp_path / "results.json", {**GOOD, "seqlen": 512})
+    assert why_unfinished(tmp_path / "results.json", expected) is None
+    write(tmp_path / "results.json", {**GOOD, "eval_limit": 32})
+    assert "records eval_limit=32, this run has eval_limit=null" in why_unfinished(tmp_path / "results.json", expected)
+
+
 def test_a_null_perplexity_is_finished_only_when_main_recorded_an_overflow(tmp_path):
     # main.py writes an infinite perplexity as null and names it under "non_finite" (lib.checks.json_safe); a null
     # without that record is a damaged or foreign file, and the run is done again.
