@@ -317,8 +317,15 @@ def compress(layer: nn.Module, linears: dict[str, nn.Linear], stats: dict[str, d
         return
     for addon in addons:
         addon.start_layer(index, linears)
+    # Linears reading one input (q/k/v, gate/up) share its statistics and what the solvers cache there (an
+    # [in, in] factor each); dropped after the last of them, so at most one input's cache is alive at a time.
+    last_reader = {id(stats[name]): name for name in linears}
+    caches = [*method.caches, *(key for addon in addons for key in addon.caches)]
     for name, linear in linears.items():
         prune_linear(name, linear, stats[name], method, config, addons)
+        if last_reader[id(stats[name])] == name:
+            for key in caches:
+                stats[name].pop(key, None)
 
 
 @torch.no_grad()

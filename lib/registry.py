@@ -57,6 +57,9 @@ class Method:
     # Optional: a function(config) -> True when this run uses prune_layer rather than score/update (one method
     # name, two granularities: --nr_granularity). Without it, prune_layer is used whenever it is set.
     structured: Callable[[PruneConfig], bool] | None = None
+    # Keys this method caches in an input's statistics (SparseGPT's inverse factor), shared by the linears reading
+    # that input; the driver drops them once the last of those linears is pruned.
+    caches: tuple[str, ...] = ()
     help: str = ""
 
     def prunes_layer(self, config: PruneConfig) -> bool:
@@ -155,6 +158,7 @@ class AddOn:
     name: ClassVar[str] = ""
     help: ClassVar[str] = ""
     collectors: ClassVar[tuple[type[Collector], ...]] = ()
+    caches: ClassVar[tuple[str, ...]] = ()  # as Method.caches: dropped after the last linear reading the input
 
     def __init__(self, config: PruneConfig) -> None:
         self.config = config

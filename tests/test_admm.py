@@ -137,3 +137,35 @@ def test_every_score_method_composes(tiny_model, calib_ids, method, reconstruct)
     assert report.results()["reconstructed_linears"] == 14
     with torch.no_grad():
         assert torch.isfinite(model(calib_ids[:1]).logits).all()
+
+
+@pytest.mark.parametrize("extra", [dict(prune_method="sparsegpt"), dict(prune_method="wanda", reconstruct="admm"),
+                                   dict(prune_method="wanda", reconstruct="admm_gradual", sparsity_type="2:4")],
+                         ids=["sparsegpt", "admm", "admm_gradual"])
+def test_a_solvers_cache_lives_only_while_its_input_is_pruned(tiny_model, calib_ids, monkeypatch, extra):
+    """q/k/v share one [in, in] factor, gate/up another: each is dropped after the last linear reading its input,
+    so when a linear starts no other input's factor is alive (70B: down_proj's phase holds no 8192-wide ones)."""
+    import lib.prune
+
+    keys = ("hessian_factor", "admm_system")
+    layer_stats, alive = [], []
+    compress, prune_linear = lib.prune.compress, lib.prune.prune_linear
+
+    def spy_compress(layer, linears, stats, *args, **kwargs):
+        layer_stats.append(stats)
+        compress(layer, linears, stats, *args, **kwargs)
+
+    def spy_prune_linear(name, linear, stats, *args, **kwargs):
+        others = {id(s) for s in layer_stats[-1].values() if s is not stats and any(k in s for k in keys)}
+        alive.append((name, len(others)))
+        prune_linear(name, linear, stats, *args, **kwargs)
+        assert any(k in stats for k in keys), f"{name}: its input's factor was not cached"
+
+    monkeypatch.setattr(lib.prune, "compress", spy_compress)
+    monkeypatch.setattr(lib.prune, "prune_linear", spy_prune_linear)
+    prune_model(tiny_model("llama"), calib_ids, PruneConfig(nsamples=calib_ids.shape[0], **extra))
+    assert len(alive) == 2 * 7 and all(n == 0 for _, n in alive), alive
+    assert not any(k in s for stats in layer_stats for s in stats.values() for k in keys)  # none after the layer
+    shared = layer_stats[0]
+    assert shared["self_attn.q_proj"] is shared["self_attn.v_proj"]  # the premise: shared statistics
+    assert shared["mlp.gate_proj"] is shared["mlp.up_proj"]

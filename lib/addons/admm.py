@@ -63,6 +63,7 @@ class Admm(WeightReconstruction):
     name = "admm"
     help = "re-fit the kept weights to the dense layer's outputs for the final mask (ADMM, Boza 2024)"
     collectors = (InputHessian,)
+    caches = ("admm_system",)
 
     def __init__(self, config: PruneConfig) -> None:
         super().__init__(config)

@@ -132,5 +132,6 @@ def check_blocksize(config: PruneConfig) -> None:
                           f"for {config.sparsity_type}")
 
 register(Method("sparsegpt", (InputHessian,), update=sparsegpt_update, check=check_blocksize,
+                caches=("hessian_factor", "hessian_dead"),
 
                 help="OBS reconstruction, mask chosen per 128-column block"))
