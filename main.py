@@ -29,7 +29,7 @@ from lib.cli import OneLineParser, Progress, add_settings, run_cli, settings_fro
 from lib.config import ConfigError, PruneConfig, RunConfig
 from lib.errors import RunError
 from lib.data import DataError, EvalText, calibration_source, calibration_windows, load_calibration_texts, \
-    choose_seqlen, load_eval_text, resolve_bos, resolve_data_dir, text_sha256
+    bos_record, choose_seqlen, load_eval_text, resolve_bos, resolve_data_dir, text_sha256
 from lib.eval import eval_ppl
 from lib.plugins import ADDONS, METHODS, Method, find_method, selector_choices
 from lib.models import check_weights_match, find_decoder_layers, load_config, load_tokenizer, \
@@ -329,8 +329,8 @@ def results_record(run_cfg: RunConfig, config: PruneConfig, plan: Plan, model, s
         "measured_sparsity": sparsity, "layer_sparsity": per_layer,
         "ppl_dense": dense[first] if dense else None, "ppl_pruned": pruned[first], "eval_split": run_cfg.eval_split,
         "eval_datasets": evals, "calib_dataset": run_cfg.calib_dataset, **plan.calib, "seed": config.seed,
-        "nsamples": config.nsamples, "seqlen": plan.seqlen, "bos": "never" if plan.bos_id is None else "always",
-        "bos_setting": run_cfg.bos, "eval_limit": run_cfg.eval_limit,
+        "nsamples": config.nsamples, "seqlen": plan.seqlen, **bos_record(plan.bos_id, run_cfg.bos),
+        "eval_limit": run_cfg.eval_limit,
         "parameters": sum(p.numel() for p in model.parameters()), "config": config.to_dict(),
     }
 

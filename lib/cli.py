@@ -49,7 +49,6 @@ def int_or_none(word: str) -> Callable[[str], int | None]:
             return int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor '{word}'") from None
-    parse.__name__ = f"int or '{word}'"  # argparse's message: invalid int or 'all' value: ...
     return parse
 
 

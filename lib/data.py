@@ -254,6 +254,11 @@ def resolve_bos(mode: str, model_type: str, tokenizer) -> int | None:
     return int(tokenizer.bos_token_id)
 
 
+def bos_record(bos_id: int | None, mode: str) -> dict[str, str]:
+    """The results.json fields of the BOS choice: what was done ('always'/'never') and the setting that chose it."""
+    return {"bos": "never" if bos_id is None else "always", "bos_setting": mode}
+
+
 def token_ids(text: str, tokenizer, bos: bool) -> torch.Tensor:
     """text -> token ids [N]. bos: the text's tokens alone (a BOS is put in front of each window later);
     else as the tokenizer encodes a text (Wanda's: with its own BOS at the start, if it adds one)."""

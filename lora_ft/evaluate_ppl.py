@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from peft import PeftModel
 
-    from lib.data import choose_seqlen, load_wikitext2_rows, resolve_bos, resolve_data_dir, wikitext2_ids
+    from lib.data import (bos_record, choose_seqlen, load_wikitext2_rows, resolve_bos, resolve_data_dir,
+                          wikitext2_ids)
     from lib.eval import eval_ppl
     from lib.models import load_config, load_model, load_tokenizer, max_sequence_length, resolve_model
     from lib.sparsity import check_sparsity
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer = load_model(spec, cache_dir=args.cache_dir, dtype=DTYPES[args.dtype] if args.dtype else None)
     PROGRESS.phase = "evaluation"
     results: dict = {"model": spec, "lora_weights": str(adapter), "seqlen": seqlen, "eval_limit": args.eval_limit,
-                     "bos": "never" if bos_id is None else "always", "bos_setting": args.bos,
+                     **bos_record(bos_id, args.bos),
                      "command": " ".join(["python", "lora_ft/evaluate_ppl.py",
                                           *(argv if argv is not None else sys.argv[1:])])}
 

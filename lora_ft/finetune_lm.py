@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     parsed = build_parser().parse_args(argv)
     args, lora, train = (settings_from(cls, parsed) for cls in (FinetuneRun, LoraSettings, TrainSettings))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from lib.data import resolve_bos, resolve_data_dir
+    from lib.data import bos_record, resolve_bos, resolve_data_dir
     from lib.models import load_config, load_model, load_tokenizer, max_sequence_length
     from lib.sparsity import check_sparsity
 
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.output_dir).expanduser()
     log = {"model": args.model, "base_sparsity": sparsity, "lora": dataclasses.asdict(lora),
-           "train": dataclasses.asdict(train), "blocks": list(blocks.shape),
-           "bos": "never" if bos_id is None else "always", "bos_setting": args.bos, "steps": len(losses), "seconds": round(seconds, 1),
+           "train": dataclasses.asdict(train), "blocks": list(blocks.shape), **bos_record(bos_id, args.bos),
+           "steps": len(losses), "seconds": round(seconds, 1),
            "first_step_loss": losses[0], "last_step_loss": losses[-1],
            "probe_loss_base": probe_before, "probe_loss_adapter": probe_after, "losses": losses,
            "command": " ".join(["python", "lora_ft/finetune_lm.py", *(argv if argv is not None else sys.argv[1:])])}

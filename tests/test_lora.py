@@ -27,6 +27,13 @@ def write_data(data):
     return data
 
 
+def save_model(model, tokenizer, folder):
+    """model and tokenizer saved where the CLIs load a model by path -> folder."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -140,8 +147,7 @@ def test_cli_trains_evaluates_and_merges_masked(tokenizer, tmp_path, capsys):
 
     model = tiny_llama(len(tokenizer))
     magnitude_prune_(model, 0.5)
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    save_model(model, tokenizer, tmp_path / "model")
     data = write_data(tmp_path / "data")
 
     log = finetune_lm.main(["--model", str(tmp_path / "model"), "--data_dir", str(data), "--output_dir",
@@ -171,9 +177,7 @@ def test_evaluate_puts_bos_in_front_of_every_window_as_main_does(tokenizer, tmp_
 
     if tokenizer.bos_token_id is None:
         pytest.skip("the test tokenizer defines no BOS")
-    model = tiny_llama(len(tokenizer))
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    save_model(tiny_llama(len(tokenizer)), tokenizer, tmp_path / "model")
     data = write_data(tmp_path / "data")
     finetune_lm.main(["--model", str(tmp_path / "model"), "--data_dir", str(data), "--output_dir",
                       str(tmp_path / "adapter"), "--max_train_samples", "8", "--block_size", "32", "--max_steps", "2",
@@ -207,9 +211,7 @@ def test_cli_trains_on_bos_blocks_when_asked(tokenizer, tmp_path, capsys):
     this llama gives Wanda's blocks."""
     from lora_ft import finetune_lm
 
-    model = tiny_llama(len(tokenizer))
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    save_model(tiny_llama(len(tokenizer)), tokenizer, tmp_path / "model")
     data = write_data(tmp_path / "data")
     common = ["--model", str(tmp_path / "model"), "--data_dir", str(data), "--max_train_samples", "4",
               "--block_size", "32", "--max_steps", "1", "--per_device_train_batch_size", "4"]

@@ -133,5 +133,4 @@ def check_blocksize(config: PruneConfig) -> None:
 
 register(Method("sparsegpt", (InputHessian,), update=sparsegpt_update, check=check_blocksize,
                 caches=("hessian_factor", "hessian_dead"),
-
                 help="OBS reconstruction, mask chosen per 128-column block"))
