@@ -66,6 +66,13 @@ def fabricate_text(n_words: int, seed: int) -> str:
 BOS_ID = 6  # make_tokenizer(bos=True)'s BOS
 
 
+def save_model(model, tokenizer, folder: Path) -> Path:
+    """model and tokenizer saved where main.py and lora_ft load a model by path -> folder."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def make_tokenizer(bos: bool = False, bos_token: str | None = "<bos>"):
     """A small word-level tokenizer (vocab < 128) built in-process, wrapped for transformers. bos: it puts
     '<bos>' (BOS_ID) in front of every text, as Llama and Gemma tokenizers do; else it adds nothing, though it
@@ -136,8 +143,5 @@ def data_dir(tmp_path: Path) -> Path:
 def tiny_model_dir(tmp_path: Path):
     """Factory: a saved tiny model + tokenizer folder that main.py can load by path."""
     def build(arch: str = "llama", bos: bool = False) -> Path:
-        folder = tmp_path / f"tiny-{arch}{'-bos' if bos else ''}"
-        make_tiny_model(arch).save_pretrained(folder)
-        make_tokenizer(bos).save_pretrained(folder)
-        return folder
+        return save_model(make_tiny_model(arch), make_tokenizer(bos), tmp_path / f"tiny-{arch}{'-bos' if bos else ''}")
     return build

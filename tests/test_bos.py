@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main
-from conftest import BOS_ID, direct_ppl, make_tiny_model, make_tokenizer
+from conftest import BOS_ID, direct_ppl, make_tiny_model, make_tokenizer, save_model
 from lib.data import calibration_windows, load_c4_texts, load_wikitext2_rows, resolve_bos, token_ids
 from lib.eval import eval_ppl
 from lib.protocols import PROTOCOLS
@@ -80,9 +80,8 @@ def test_auto_gives_gemma_bos_and_keeps_wanda_protocol_elsewhere():
 
 @pytest.mark.parametrize("protocol,bos", [([], "always"), (["--protocol", "wanda"], "never")])
 def test_auto_on_a_gemma_model_runs_with_bos_and_the_wanda_protocol_without(tmp_path, data_dir, protocol, bos):
-    folder = tmp_path / "tiny-gemma2"
-    make_tiny_model("gemma2", bos_token_id=BOS_ID).save_pretrained(folder)
-    make_tokenizer(bos=True).save_pretrained(folder)
+    folder = save_model(make_tiny_model("gemma2", bos_token_id=BOS_ID), make_tokenizer(bos=True),
+                        tmp_path / "tiny-gemma2")
     out = tmp_path / "out"
     assert main.main(["--model", str(folder), *protocol, "--prune_method", "wanda", "--nsamples", "2", "--seqlen",
                       "16", "--eval_limit", "2", "--data_dir", str(data_dir), "--save", str(out)]) == 0
@@ -91,9 +90,8 @@ def test_auto_on_a_gemma_model_runs_with_bos_and_the_wanda_protocol_without(tmp_
 
 
 def test_always_without_a_bos_token_is_a_one_line_error(data_dir, tmp_path, capsys):
-    folder, out = tmp_path / "tiny-no-bos", tmp_path / "out"
-    make_tiny_model("llama").save_pretrained(folder)
-    make_tokenizer(bos_token=None).save_pretrained(folder)
+    folder = save_model(make_tiny_model("llama"), make_tokenizer(bos_token=None), tmp_path / "tiny-no-bos")
+    out = tmp_path / "out"
     assert main.main(["--model", str(folder), "--bos", "always", "--data_dir", str(data_dir), "--seqlen", "16",
                       "--save", str(out)]) == 2
     assert "defines no BOS token" in capsys.readouterr().err and not out.exists()

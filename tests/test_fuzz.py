@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import main
-from conftest import make_tiny_model, make_tokenizer
+from conftest import make_tiny_model, make_tokenizer, save_model
 from lib.cli import run_cli
 from lib.config import PruneConfig, RunConfig
 
@@ -58,9 +58,7 @@ def _fail_load(*args, **kwargs):
 def inputs(tmp_path_factory) -> dict[str, Path]:
     """One tiny model folder and one data folder for the whole module (nothing here writes to them)."""
     root = tmp_path_factory.mktemp("fuzz")
-    model_dir = root / "tiny"
-    make_tiny_model("llama").save_pretrained(model_dir)
-    make_tokenizer().save_pretrained(model_dir)
+    model_dir = save_model(make_tiny_model("llama"), make_tokenizer(), root / "tiny")
     data = root / "data"
     make_data(data)
     return {"root": root, "model": model_dir, "data": data}

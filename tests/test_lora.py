@@ -10,6 +10,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from _zs_helpers import byte_tokenizer, magnitude_prune_, tiny_llama
+from conftest import save_model
 from lora_ft.lora_utils import (LoraSettings, TrainSettings, attach_lora, lora_zero_masks, mean_loss, merge_lora,
                                 texts_to_blocks, train_lora)
 
@@ -25,13 +26,6 @@ def write_data(data):
     (data / "wikitext-2-raw").mkdir()
     (data / "wikitext-2-raw" / "wiki.test.raw").write_text(" = Title = \n\n" + TEXT[0] * 2 + "\n")
     return data
-
-
-def save_model(model, tokenizer, folder):
-    """model and tokenizer saved where the CLIs load a model by path -> folder."""
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(autouse=True)
